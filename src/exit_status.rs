@@ -1,0 +1,20 @@
+//! herd's exit statuses, shared by the code and `herd run --help`.
+
+/// The guest powered off or reset, or herd was asked to stop (SIGTERM/SIGINT).
+pub const EXIT_OK: u8 = 0;
+/// Bad command line, config, kernel, initrd or size (also clap's usage errors).
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// KVM or the host failed (no /dev/kvm, an ioctl error, a failed VM entry).
+pub const EXIT_HOST_FAILURE: u8 = 3;
+/// The guest crashed: triple fault, KVM internal error, kernel panic.
+pub const EXIT_GUEST_CRASH: u8 = 4;
+
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    the guest powered off or reset, or herd was stopped by SIGTERM/SIGINT
+  N    the guest wrote byte N to the exit device (I/O port 0x501)
+  2    bad input: command line, kernel, initrd, memory or CPU count
+  3    host failure: KVM unavailable or failing
+  4    guest crash: triple fault, KVM internal error, kernel panic
+Guests that report through the exit device should avoid 2-4 if callers must
+tell their codes from herd's own.";

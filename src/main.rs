@@ -1,0 +1,138 @@
+//! `herd`: run small single-purpose server appliances as KVM microVMs.
+
+mod exit_status;
+mod terminal;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::{ConsoleConfig, StopReason, VmConfig};
+
+use crate::exit_status::{
+    EXIT_BAD_INPUT, EXIT_GUEST_CRASH, EXIT_HOST_FAILURE, EXIT_OK, EXIT_STATUS_HELP,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "KVM microVM monitor for small server appliances"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel in a new microVM and run it until the guest stops.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (initramfs) to load next to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command-line arguments, appended to herd's defaults.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    mem: u64,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// Where the guest's serial console goes: stdio, none or file:PATH.
+    #[arg(long, value_name = "WHERE", default_value = "stdio")]
+    console: String,
+    /// Write boot and teardown timings as JSON to FILE when the VM stops.
+    #[arg(long, value_name = "FILE")]
+    boot_report: Option<PathBuf>,
+    /// Log level for herd's own messages on stderr: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => ExitCode::from(run(args, process_start)),
+    }
+}
+
+fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
+    eprintln!("herd: error: {message}");
+    status
+}
+
+fn run(args: RunArgs, process_start: Instant) -> u8 {
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .format_target(false)
+        .init();
+    let console: ConsoleConfig = match args.console.parse() {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem_mib: args.mem,
+        cpus: args.cpus,
+        console,
+        boot_report: args.boot_report,
+    };
+    let vmm = match vmm::build_vm(&config, process_start) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            let status = if e.is_user_error() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_HOST_FAILURE
+            };
+            return fail(status, e);
+        }
+    };
+    let raw_terminal = (config.console == ConsoleConfig::Stdio)
+        .then(terminal::RawTerminal::enable)
+        .flatten();
+    let outcome = vmm.run();
+    drop(raw_terminal);
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => return fail(EXIT_HOST_FAILURE, e),
+    };
+
+    let (status, description) = match &outcome.reason {
+        StopReason::GuestReset => (EXIT_OK, "guest reset".to_owned()),
+        StopReason::GuestPowerOff => (EXIT_OK, "guest powered off".to_owned()),
+        StopReason::GuestExitCode(code) => (*code, format!("guest exit code {code}")),
+        StopReason::Signal(signum) => (EXIT_OK, format!("stopped by signal {signum}")),
+        StopReason::GuestCrash(why) => (EXIT_GUEST_CRASH, format!("guest crashed: {why}")),
+        StopReason::KvmFailure(why) => (EXIT_HOST_FAILURE, format!("KVM failure: {why}")),
+    };
+    if let Some(path) = &config.boot_report {
+        if let Err(e) = outcome
+            .report(i32::from(status), description.clone())
+            .write(path)
+        {
+            log::error!("cannot write boot report {}: {e}", path.display());
+        }
+    }
+    match outcome.reason {
+        StopReason::GuestCrash(_) | StopReason::KvmFailure(_) => fail(status, description),
+        _ => {
+            log::info!("VM stopped: {description}");
+            status
+        }
+    }
+}

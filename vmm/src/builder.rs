@@ -1,0 +1,160 @@
+//! Turns a validated `VmConfig` into a ready-to-run `Vmm`, top to bottom:
+//! KVM VM, guest memory, vCPUs, kernel and initrd, devices, boot state.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use devices::{Bus, VmStop};
+use kvm_ioctls::Kvm;
+use linux_loader::cmdline::Cmdline;
+
+use crate::arch::x86_64::layout::{self, CMDLINE_MAX_SIZE};
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::arch::x86_64::regs::EntryMode;
+use crate::boot::{self, BootError};
+use crate::boot_report::BootTimeline;
+use crate::config::{ConfigError, ConsoleConfig, VmConfig};
+use crate::device_manager::{self, DeviceError};
+use crate::runtime::Vmm;
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vm::{self, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "cannot open /dev/kvm: {0}; check that KVM is enabled (kvm_intel/kvm_amd loaded) and \
+         that you may use it (the kvm group)"
+    )]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("--cpus {requested}: this host's KVM allows at most {max} vCPUs per VM")]
+    TooManyCpus { requested: u8, max: usize },
+    #[error("cannot create the stop event: {0}")]
+    StopEvent(std::io::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+}
+
+impl BuildError {
+    /// True when the fix is in the user's input (config, files, sizes), as
+    /// opposed to the host's KVM.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Config(_)
+                | BuildError::TooManyCpus { .. }
+                | BuildError::Memory(_)
+                | BuildError::Boot(_)
+                | BuildError::Devices(DeviceError::ConsoleFile { .. })
+        )
+    }
+}
+
+pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
+    config.validate()?;
+    let mut timeline = BootTimeline::new(process_start);
+    let cpu_count = config.cpu_count();
+    let mem_size = config.mem_bytes();
+    let stop = VmStop::new().map_err(BuildError::StopEvent)?;
+
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let max = kvm.get_max_vcpus();
+    if usize::from(cpu_count) > max {
+        return Err(BuildError::TooManyCpus {
+            requested: cpu_count,
+            max,
+        });
+    }
+    let vm_fd = vm::create_vm(&kvm)?;
+    timeline.vm_created = Some(Instant::now());
+
+    let guest_memory = memory::create_guest_memory(mem_size)?;
+    vm::register_memory(&kvm, &vm_fd, &guest_memory)?;
+    timeline.memory_ready = Some(Instant::now());
+
+    // The irqchip must exist before vCPUs are created so they get LAPICs.
+    vm::setup_irqchip(&vm_fd)?;
+    let vcpus = (0..cpu_count)
+        .map(|id| Vcpu::new(&vm_fd, id))
+        .collect::<Result<Vec<_>, _>>()?;
+    timeline.vcpus_created = Some(Instant::now());
+
+    let kernel = boot::load_kernel(&guest_memory, &config.kernel)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| boot::load_initrd(&guest_memory, mem_size, &kernel, path))
+        .transpose()?;
+    let cmdline_text = config.full_cmdline();
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
+    cmdline
+        .insert_str(&cmdline_text)
+        .map_err(BootError::Cmdline)?;
+    boot::write_cmdline(&guest_memory, &cmdline)?;
+    timeline.kernel_loaded = Some(Instant::now());
+
+    let legacy = device_manager::create_legacy_devices(
+        &vm_fd,
+        &config.console,
+        &stop,
+        process_start,
+        timeline.build_start,
+    )?;
+    timeline.devices_ready = Some(Instant::now());
+
+    let memory_map = layout::memory_map(mem_size);
+    match kernel.mode {
+        EntryMode::Linux64 => boot::write_zero_page(
+            &guest_memory,
+            &memory_map,
+            &kernel,
+            initrd,
+            cmdline_text.len() + 1,
+        )?,
+        EntryMode::Pvh => boot::write_pvh_start_info(&guest_memory, &memory_map, initrd)?,
+    }
+    mptable::setup(&guest_memory, cpu_count)?;
+    let base_cpuid = vcpu::supported_cpuid(&kvm)?;
+    for vcpu in &vcpus {
+        let boot_state = (vcpu.id() == 0).then_some((&guest_memory, kernel.mode, kernel.entry));
+        vcpu.configure(&base_cpuid, cpu_count, boot_state)?;
+    }
+    log::debug!(
+        "built VM: {} MiB, {} vCPUs, {:?} entry at {:#x}",
+        config.mem_mib,
+        cpu_count,
+        kernel.mode,
+        kernel.entry.0
+    );
+
+    let context = VcpuContext {
+        pio_bus: Arc::new(legacy.pio_bus),
+        // No MMIO devices yet: every MMIO access is unclaimed.
+        mmio_bus: Arc::new(Bus::new()),
+        stop: stop.clone(),
+        first_entry: Arc::new(OnceLock::new()),
+    };
+    Ok(Vmm {
+        _vm: vm_fd,
+        _guest_memory: guest_memory,
+        vcpus,
+        context,
+        serial: legacy.serial,
+        boot_timer: legacy.boot_timer,
+        panic_message: legacy.panic_message,
+        console_input: matches!(config.console, ConsoleConfig::Stdio),
+        timeline,
+    })
+}

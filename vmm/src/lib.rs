@@ -1,0 +1,18 @@
+//! herd's virtual machine monitor: builds a KVM microVM from a validated
+//! configuration and runs it to completion.
+
+pub mod arch;
+pub mod boot;
+pub mod boot_report;
+pub mod builder;
+pub mod config;
+pub mod device_manager;
+mod panic_watch;
+pub mod runtime;
+pub mod signals;
+pub mod vstate;
+
+pub use builder::{build_vm, BuildError};
+pub use config::{ConsoleConfig, VmConfig};
+pub use devices::StopReason;
+pub use runtime::{RunError, RunOutcome, Vmm};

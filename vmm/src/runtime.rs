@@ -1,0 +1,153 @@
+//! A built VM running: vCPU threads, the event loop on the calling thread,
+//! and an orderly stop.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::legacy::{BootTimerReading, SerialDevice};
+use devices::StopReason;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot_report::{BootReport, BootTimeline};
+use crate::device_manager::{SerialInput, StopListener};
+use crate::signals;
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+
+/// How long vCPU threads get to leave KVM_RUN once the VM stops.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot set up the event loop: {0}")]
+    EventManager(event_manager::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub reason: StopReason,
+    pub timeline: BootTimeline,
+}
+
+impl RunOutcome {
+    pub fn report(&self, exit_status: i32, description: String) -> BootReport {
+        BootReport::new(&self.timeline, exit_status, description)
+    }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+pub struct Vmm {
+    /// Kept so KVM's VM and guest RAM outlive the vCPU threads using them;
+    /// field order drops the VM before its memory.
+    pub(crate) _vm: VmFd,
+    pub(crate) _guest_memory: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) context: VcpuContext,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
+    pub(crate) panic_message: Arc<Mutex<Option<String>>>,
+    pub(crate) console_input: bool,
+    pub(crate) timeline: BootTimeline,
+}
+
+impl Vmm {
+    /// Runs the guest until it stops, then stops every vCPU.
+    pub fn run(mut self) -> Result<RunOutcome, RunError> {
+        let stop = self.context.stop.clone();
+        signals::install(stop.eventfd()).map_err(RunError::Signals)?;
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(RunError::EventManager)?;
+        events.add_subscriber(Arc::new(Mutex::new(StopListener::new(stop.clone()))));
+        if self.console_input {
+            events.add_subscriber(Arc::new(Mutex::new(SerialInput::new(
+                self.serial.clone(),
+                libc::STDIN_FILENO,
+            ))));
+        }
+
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.start(self.context.clone()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    stop.request(StopReason::KvmFailure(e.to_string()));
+                    stop_vcpus(threads);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        while !stop.is_requested() {
+            if let Err(e) = events.run() {
+                log::error!("event loop failed: {e:?}");
+                stop.request(StopReason::KvmFailure(format!("event loop failed: {e:?}")));
+            }
+        }
+        self.timeline.stop_requested = Some(Instant::now());
+        stop_vcpus(threads);
+        self.timeline.torn_down = Some(Instant::now());
+        self.timeline.first_guest_entry = self.context.first_entry.get().copied();
+        self.timeline.boot_timer = *self.boot_timer.lock().unwrap_or_else(|p| p.into_inner());
+
+        let mut reason = stop
+            .reason()
+            .unwrap_or(StopReason::KvmFailure("stopped without a reason".into()));
+        // A panicking Linux guest reboots (panic=N) or halts: it is a crash
+        // all the same.
+        if let Some(panic) = self
+            .panic_message
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            if matches!(reason, StopReason::GuestReset | StopReason::GuestPowerOff) {
+                reason = StopReason::GuestCrash(format!("guest kernel panic: {panic}"));
+            }
+        }
+        Ok(RunOutcome {
+            reason,
+            timeline: self.timeline,
+        })
+    }
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it notices the stop, and
+/// waits for it. A thread that cannot be stopped in time is left behind;
+/// the process is about to exit anyway.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    let mut pending = threads;
+    while !pending.is_empty() {
+        let (done, running): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(JoinHandle::is_finished);
+        for handle in done {
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+        pending = running;
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            log::warn!("{} vCPU thread(s) did not stop in time", pending.len());
+            break;
+        }
+        for handle in &pending {
+            // The thread may finish between the check and the kill; ESRCH
+            // is harmless then.
+            let _ = handle.kill(signals::vcpu_kick_signal());
+        }
+        std::thread::sleep(VCPU_KICK_INTERVAL);
+    }
+}

@@ -1,0 +1,53 @@
+//! Signals: SIGTERM/SIGINT ask the VM to stop; a real-time signal kicks
+//! vCPU threads out of KVM_RUN.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+/// eventfd the termination handler writes to; -1 until installed.
+static TERMINATE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The last termination signal received.
+static TERMINATE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The signal used to interrupt a vCPU blocked in KVM_RUN.
+pub fn vcpu_kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_terminate(signum: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERMINATE_SIGNAL.store(signum, Ordering::SeqCst);
+    let fd = TERMINATE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` lives for the call
+        // and is 8 bytes as an eventfd requires. A failed write only means
+        // the counter is already non-zero, which wakes the loop anyway.
+        unsafe {
+            libc::write(fd, std::ptr::from_ref(&one).cast(), 8);
+        }
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivery alone makes KVM_RUN return EINTR.
+}
+
+/// Installs the handlers. `terminate` must stay open for the life of the
+/// process: the handler writes to its raw fd.
+pub fn install(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
+    TERMINATE_FD.store(terminate.as_raw_fd(), Ordering::SeqCst);
+    register_signal_handler(libc::SIGTERM, on_terminate)?;
+    register_signal_handler(libc::SIGINT, on_terminate)?;
+    register_signal_handler(vcpu_kick_signal(), on_kick)
+}
+
+/// The termination signal received, if any.
+pub fn termination_signal() -> Option<i32> {
+    match TERMINATE_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        signum => Some(signum),
+    }
+}

@@ -1,0 +1,60 @@
+//! Guest RAM: anonymous, private, MAP_NORESERVE mappings, so a guest's
+//! memory costs the host only the pages the guest actually touches.
+
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{GuestMemoryMmap, GuestRegionCollectionError, GuestRegionMmap, MmapRegion};
+
+use crate::arch::x86_64::layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(
+        "cannot reserve {mib} MiB of address space for guest memory ({source}); \
+         lower --mem or raise the host's limits (ulimit -v, vm.overcommit_memory)"
+    )]
+    Map { mib: u64, source: MmapRegionError },
+    #[error("guest memory of {0} bytes does not fit in this host's address space")]
+    TooLarge(u64),
+    #[error("guest memory regions are inconsistent: {0}")]
+    Regions(GuestRegionCollectionError),
+}
+
+pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut regions = Vec::new();
+    for (start, size) in layout::ram_regions(mem_size) {
+        let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(mem_size))?;
+        let mapping = MmapRegion::build(
+            None,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+        .map_err(|source| MemoryError::Map {
+            mib: mem_size >> 20,
+            source,
+        })?;
+        let region = GuestRegionMmap::new(mapping, start).ok_or(MemoryError::TooLarge(mem_size))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+    #[test]
+    fn eight_gib_is_reserved_not_committed() {
+        let mem = create_guest_memory(8 << 30).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        assert!(mem.address_in_range(GuestAddress((1 << 32) + (5 << 30) - 1)));
+        assert!(!mem.address_in_range(GuestAddress(layout::MMIO_GAP_START)));
+    }
+
+    #[test]
+    fn impossible_size_is_a_clear_error() {
+        let err = create_guest_memory(1 << 62).unwrap_err();
+        assert!(err.to_string().contains("lower --mem"), "{err}");
+    }
+}

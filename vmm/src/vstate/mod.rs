@@ -1,0 +1,5 @@
+//! KVM state: guest memory, the VM file descriptor and the vCPUs.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,344 @@
+//! vCPUs: boot-state configuration, the run loop on its own thread, and
+//! exit dispatch onto the I/O buses.
+
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use devices::{Bus, StopReason, VmStop};
+use kvm_bindings::{kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::regs::{self, EntryMode};
+use crate::arch::x86_64::{cpuid, msr};
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// LAPIC register offsets and delivery modes for LINT0/LINT1.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {id}: {source}")]
+    Create { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot read KVM's supported CPUID: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    #[error("cannot set CPUID on vCPU {id}: {source}")]
+    SetCpuid { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot build the MSR list: {0}")]
+    MsrList(vmm_sys_util::fam::Error),
+    #[error("cannot set MSRs on vCPU {id}: {source}")]
+    SetMsrs { id: u8, source: kvm_ioctls::Error },
+    #[error("vCPU {id}: KVM refused MSR {index:#x} (set {done} of {total})")]
+    MsrRefused {
+        id: u8,
+        index: u32,
+        done: usize,
+        total: usize,
+    },
+    #[error("cannot set registers on vCPU {id}: {source}")]
+    Registers { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot set up boot segments and page tables: {0}")]
+    BootState(#[from] regs::RegsError),
+    #[error("cannot configure the local APIC of vCPU {id}: {source}")]
+    Lapic { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot start the thread for vCPU {id}: {source}")]
+    Spawn { id: u8, source: std::io::Error },
+}
+
+/// KVM's supported CPUID, read once per VM and specialised per vCPU.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VcpuError::SupportedCpuid)
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+}
+
+/// What a vCPU thread needs to run: the buses its exits go to and the stop
+/// handle it reports through.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub stop: VmStop,
+    /// Set by the boot vCPU when it first enters the guest.
+    pub first_entry: Arc<OnceLock<Instant>>,
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Vcpu { fd, id })
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// CPUID, MSRs and LAPIC for every vCPU; registers for the boot entry.
+    /// Secondary vCPUs keep KVM's reset state: they wait for INIT/SIPI.
+    pub fn configure(
+        &self,
+        base_cpuid: &CpuId,
+        cpu_count: u8,
+        boot: Option<(&GuestMemoryMmap, EntryMode, GuestAddress)>,
+    ) -> Result<(), VcpuError> {
+        let id = self.id;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::normalize(cpuid.as_mut_slice(), id, cpu_count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::SetCpuid { id, source })?;
+
+        let entries = msr::boot_msr_entries();
+        let msrs = Msrs::from_entries(&entries).map_err(VcpuError::MsrList)?;
+        let done = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(|source| VcpuError::SetMsrs { id, source })?;
+        if done != entries.len() {
+            return Err(VcpuError::MsrRefused {
+                id,
+                index: entries.get(done).map_or(0, |e| e.index),
+                done,
+                total: entries.len(),
+            });
+        }
+        self.set_lint()?;
+
+        if let Some((mem, mode, entry)) = boot {
+            let registers = |source| VcpuError::Registers { id, source };
+            let sregs: kvm_sregs = self.fd.get_sregs().map_err(registers)?;
+            let sregs = regs::boot_sregs(mem, mode, sregs)?;
+            self.fd.set_sregs(&sregs).map_err(registers)?;
+            self.fd
+                .set_regs(&regs::boot_regs(mode, entry))
+                .map_err(registers)?;
+            self.fd.set_fpu(&regs::boot_fpu()).map_err(registers)?;
+        }
+        Ok(())
+    }
+
+    /// Routes the legacy PIC through LINT0 and NMIs through LINT1, as the MP
+    /// table says.
+    fn set_lint(&self) -> Result<(), VcpuError> {
+        let lapic_err = |source| VcpuError::Lapic {
+            id: self.id,
+            source,
+        };
+        let mut lapic = self.fd.get_lapic().map_err(lapic_err)?;
+        for (offset, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let reg = read_lapic_reg(&lapic.regs, offset);
+            // Delivery mode lives in bits 10:8.
+            write_lapic_reg(&mut lapic.regs, offset, (reg & !0x700) | (mode << 8));
+        }
+        self.fd.set_lapic(&lapic).map_err(lapic_err)
+    }
+
+    /// Runs the vCPU on a new thread until the VM stops.
+    pub fn start(self, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("herd-vcpu{id}"))
+            .spawn(move || self.run(&ctx))
+            .map_err(|source| VcpuError::Spawn { id, source })
+    }
+
+    fn run(mut self, ctx: &VcpuContext) {
+        if self.id == 0 {
+            ctx.first_entry.get_or_init(Instant::now);
+        }
+        while !ctx.stop.is_requested() {
+            let action = match self.fd.run() {
+                Ok(exit) => handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    VcpuAction::Continue
+                }
+                Err(e) => VcpuAction::Stop(StopReason::KvmFailure(format!(
+                    "vCPU {}: KVM_RUN failed: {e}",
+                    self.id
+                ))),
+            };
+            if let VcpuAction::Stop(reason) = action {
+                ctx.stop.request(reason);
+            }
+        }
+        log::debug!("vCPU {} stopped", self.id);
+    }
+}
+
+fn read_lapic_reg(regs: &[std::os::raw::c_char], offset: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    for (b, r) in bytes.iter_mut().zip(&regs[offset..offset + 4]) {
+        *b = r.to_ne_bytes()[0];
+    }
+    u32::from_le_bytes(bytes)
+}
+
+fn write_lapic_reg(regs: &mut [std::os::raw::c_char], offset: usize, value: u32) {
+    for (r, b) in regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
+        *r = std::os::raw::c_char::from_ne_bytes([b]);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    Continue,
+    Stop(StopReason),
+}
+
+/// Decides what one VM exit means. Accesses nobody claims are ignored:
+/// writes vanish, reads see all ones, as on an empty bus.
+pub fn handle_exit(id: u8, exit: VcpuExit, pio: &Bus, mmio: &Bus) -> VcpuAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                data.fill(0xff);
+                log::debug!("vCPU {id}: read of unclaimed port {port:#x}");
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !pio.write(u64::from(port), data) {
+                log::debug!("vCPU {id}: write {data:x?} to unclaimed port {port:#x}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0xff);
+                log::debug!("vCPU {id}: read of unclaimed MMIO {addr:#x}");
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !mmio.write(addr, data) {
+                log::debug!("vCPU {id}: write {data:x?} to unclaimed MMIO {addr:#x}");
+            }
+        }
+        VcpuExit::Hlt => {
+            log::info!("vCPU {id} halted");
+            return VcpuAction::Stop(StopReason::GuestPowerOff);
+        }
+        VcpuExit::Shutdown => {
+            return VcpuAction::Stop(StopReason::GuestCrash(format!(
+                "vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN)"
+            )));
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return VcpuAction::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::GuestPowerOff,
+                KVM_SYSTEM_EVENT_RESET => StopReason::GuestReset,
+                KVM_SYSTEM_EVENT_CRASH => {
+                    StopReason::GuestCrash(format!("vCPU {id}: guest reported a crash"))
+                }
+                other => StopReason::GuestCrash(format!("vCPU {id}: system event {other}")),
+            });
+        }
+        VcpuExit::InternalError => {
+            return VcpuAction::Stop(StopReason::GuestCrash(format!(
+                "vCPU {id}: KVM internal error (KVM_EXIT_INTERNAL_ERROR): \
+                 KVM could not emulate what the guest did"
+            )));
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return VcpuAction::Stop(StopReason::KvmFailure(format!(
+                "vCPU {id}: VM entry failed on host CPU {cpu}, hardware reason {reason:#x}"
+            )));
+        }
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
+        other => {
+            return VcpuAction::Stop(StopReason::GuestCrash(format!(
+                "vCPU {id}: unexpected exit {other:?}"
+            )));
+        }
+    }
+    VcpuAction::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Latch(Vec<u8>);
+    impl devices::BusDevice for Latch {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.copy_from_slice(&self.0[..data.len()]);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data.to_vec();
+        }
+    }
+
+    fn buses() -> (Bus, Bus) {
+        let mut pio = Bus::new();
+        pio.insert(Arc::new(Mutex::new(Latch(vec![0; 4]))), 0x80, 4)
+            .unwrap();
+        (pio, Bus::new())
+    }
+
+    #[test]
+    fn port_io_goes_to_the_bus_and_unclaimed_reads_float() {
+        let (pio, mmio) = buses();
+        let out = [0x12u8, 0x34];
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoOut(0x80, &out), &pio, &mmio),
+            VcpuAction::Continue
+        );
+        let mut data = [0u8; 2];
+        handle_exit(0, VcpuExit::IoIn(0x80, &mut data), &pio, &mmio);
+        assert_eq!(data, out);
+        let mut data = [0u8; 4];
+        handle_exit(0, VcpuExit::IoIn(0x3000, &mut data), &pio, &mmio);
+        assert_eq!(data, [0xff; 4]);
+        let mut data = [0u8; 8];
+        handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &pio, &mmio);
+        assert_eq!(data, [0xff; 8]);
+        assert_eq!(
+            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &pio, &mmio),
+            VcpuAction::Continue
+        );
+    }
+
+    #[test]
+    fn crashes_and_resets_stop_the_vm() {
+        let (pio, mmio) = buses();
+        match handle_exit(1, VcpuExit::Shutdown, &pio, &mmio) {
+            VcpuAction::Stop(StopReason::GuestCrash(msg)) => assert!(msg.contains("triple fault")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            handle_exit(
+                0,
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                &pio,
+                &mmio
+            ),
+            VcpuAction::Stop(StopReason::GuestReset)
+        );
+        assert!(matches!(
+            handle_exit(0, VcpuExit::InternalError, &pio, &mmio),
+            VcpuAction::Stop(StopReason::GuestCrash(_))
+        ));
+        assert!(matches!(
+            handle_exit(0, VcpuExit::FailEntry(7, 0), &pio, &mmio),
+            VcpuAction::Stop(StopReason::KvmFailure(_))
+        ));
+    }
+
+    #[test]
+    fn lapic_register_round_trip() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        write_lapic_reg(&mut regs, APIC_LVT0, 0xdead_beef);
+        assert_eq!(read_lapic_reg(&regs, APIC_LVT0), 0xdead_beef);
+    }
+}
