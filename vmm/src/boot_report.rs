@@ -1,6 +1,7 @@
 //! Where the time went, from process start to the guest's boot timer and
 //! the VM's end, written as JSON by `--boot-report`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,16 +13,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Timestamps taken while building and running one VM.
+/// Timestamps taken while building and running one VM. Each build phase is
+/// marked when it ends; its duration runs from the previous mark.
 #[derive(Clone, Debug)]
 pub struct BootTimeline {
     pub process_start: Instant,
     pub build_start: Instant,
-    pub vm_created: Option<Instant>,
-    pub memory_ready: Option<Instant>,
-    pub vcpus_created: Option<Instant>,
-    pub kernel_loaded: Option<Instant>,
-    pub devices_ready: Option<Instant>,
+    phases: Vec<(&'static str, Instant)>,
     pub first_guest_entry: Option<Instant>,
     pub boot_timer: Option<BootTimerReading>,
     pub stop_requested: Option<Instant>,
@@ -33,29 +31,22 @@ impl BootTimeline {
         BootTimeline {
             process_start,
             build_start: Instant::now(),
-            vm_created: None,
-            memory_ready: None,
-            vcpus_created: None,
-            kernel_loaded: None,
-            devices_ready: None,
+            phases: Vec::new(),
             first_guest_entry: None,
             boot_timer: None,
             stop_requested: None,
             torn_down: None,
         }
     }
-}
 
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Phases {
-    pub vm_create_ms: Option<f64>,
-    pub memory_ms: Option<f64>,
-    pub vcpus_ms: Option<f64>,
-    pub kernel_load_ms: Option<f64>,
-    pub devices_ms: Option<f64>,
-    /// From the end of device setup to the boot vCPU's first KVM_RUN.
-    pub start_ms: Option<f64>,
-    pub teardown_ms: Option<f64>,
+    /// Marks the end of the build phase `name`.
+    pub fn phase_done(&mut self, name: &'static str) {
+        self.phases.push((name, Instant::now()));
+    }
+
+    fn last_mark(&self) -> Instant {
+        self.phases.last().map_or(self.build_start, |&(_, t)| t)
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -66,31 +57,35 @@ pub struct BootReport {
     pub process_to_first_guest_entry_ms: Option<f64>,
     pub boot_timer_since_process_start_ms: Option<f64>,
     pub boot_timer_since_build_start_ms: Option<f64>,
-    pub phases: Phases,
+    /// Build phases in milliseconds, plus `start` (last build phase to the
+    /// first guest entry) and `teardown` (stop request to vCPUs stopped).
+    pub phases_ms: BTreeMap<&'static str, f64>,
     pub exit_status: i32,
     pub stop_reason: String,
 }
 
 impl BootReport {
     pub fn new(t: &BootTimeline, exit_status: i32, stop_reason: String) -> Self {
-        let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
-            (Some(a), Some(b)) => Some(ms(b.saturating_duration_since(a))),
-            _ => None,
-        };
+        let mut phases_ms = BTreeMap::new();
+        let mut previous = t.build_start;
+        for &(name, at) in &t.phases {
+            phases_ms.insert(name, ms(at.saturating_duration_since(previous)));
+            previous = at;
+        }
+        if let Some(entry) = t.first_guest_entry {
+            phases_ms.insert("start", ms(entry.saturating_duration_since(t.last_mark())));
+        }
+        if let (Some(a), Some(b)) = (t.stop_requested, t.torn_down) {
+            phases_ms.insert("teardown", ms(b.saturating_duration_since(a)));
+        }
         BootReport {
             process_to_build_ms: ms(t.build_start.duration_since(t.process_start)),
-            process_to_first_guest_entry_ms: span(Some(t.process_start), t.first_guest_entry),
+            process_to_first_guest_entry_ms: t
+                .first_guest_entry
+                .map(|e| ms(e.saturating_duration_since(t.process_start))),
             boot_timer_since_process_start_ms: t.boot_timer.map(|r| ms(r.since_process_start)),
             boot_timer_since_build_start_ms: t.boot_timer.map(|r| ms(r.since_vm_build_start)),
-            phases: Phases {
-                vm_create_ms: span(Some(t.build_start), t.vm_created),
-                memory_ms: span(t.vm_created, t.memory_ready),
-                vcpus_ms: span(t.memory_ready, t.vcpus_created),
-                kernel_load_ms: span(t.vcpus_created, t.kernel_loaded),
-                devices_ms: span(t.kernel_loaded, t.devices_ready),
-                start_ms: span(t.devices_ready, t.first_guest_entry),
-                teardown_ms: span(t.stop_requested, t.torn_down),
-            },
+            phases_ms,
             exit_status,
             stop_reason,
         }
@@ -108,19 +103,21 @@ mod tests {
 
     #[test]
     fn phases_are_consecutive_spans() {
-        let start = Instant::now();
-        let mut t = BootTimeline::new(start);
-        let step = |i: u64| Some(t.build_start + Duration::from_millis(i));
-        t.vm_created = step(1);
-        t.memory_ready = step(3);
-        t.vcpus_created = step(6);
-        t.kernel_loaded = step(10);
-        t.devices_ready = step(15);
+        let mut t = BootTimeline::new(Instant::now());
+        let base = t.build_start;
+        let at = |i: u64| base + Duration::from_millis(i);
+        t.phases = vec![
+            ("memory", at(1)),
+            ("kernel_load", at(3)),
+            ("devices", at(6)),
+        ];
+        t.first_guest_entry = Some(at(10));
         let r = BootReport::new(&t, 0, "guest reset".into());
-        assert_eq!(r.phases.vm_create_ms, Some(1.0));
-        assert_eq!(r.phases.memory_ms, Some(2.0));
-        assert_eq!(r.phases.devices_ms, Some(5.0));
-        assert_eq!(r.phases.start_ms, None);
+        assert_eq!(r.phases_ms["memory"], 1.0);
+        assert_eq!(r.phases_ms["kernel_load"], 2.0);
+        assert_eq!(r.phases_ms["devices"], 3.0);
+        assert_eq!(r.phases_ms["start"], 4.0);
+        assert!(!r.phases_ms.contains_key("teardown"));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["stop_reason"], "guest reset");
     }

@@ -56,6 +56,7 @@ impl BuildError {
             BuildError::Config(_)
                 | BuildError::TooManyCpus { .. }
                 | BuildError::Memory(_)
+                | BuildError::Vm(VmError::MemorySlot { .. })
                 | BuildError::Boot(_)
                 | BuildError::Devices(DeviceError::ConsoleFile { .. })
         )
@@ -69,28 +70,10 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let mem_size = config.mem_bytes();
     let stop = VmStop::new().map_err(BuildError::StopEvent)?;
 
-    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
-    let max = kvm.get_max_vcpus();
-    if usize::from(cpu_count) > max {
-        return Err(BuildError::TooManyCpus {
-            requested: cpu_count,
-            max,
-        });
-    }
-    let vm_fd = vm::create_vm(&kvm)?;
-    timeline.vm_created = Some(Instant::now());
-
+    // Everything that depends only on the user's input comes first, so a
+    // bad kernel or initrd is reported the same with or without KVM.
     let guest_memory = memory::create_guest_memory(mem_size)?;
-    vm::register_memory(&kvm, &vm_fd, &guest_memory)?;
-    timeline.memory_ready = Some(Instant::now());
-
-    // The irqchip must exist before vCPUs are created so they get LAPICs.
-    vm::setup_irqchip(&vm_fd)?;
-    let vcpus = (0..cpu_count)
-        .map(|id| Vcpu::new(&vm_fd, id))
-        .collect::<Result<Vec<_>, _>>()?;
-    timeline.vcpus_created = Some(Instant::now());
-
+    timeline.phase_done("memory");
     let kernel = boot::load_kernel(&guest_memory, &config.kernel)?;
     let initrd = config
         .initrd
@@ -103,17 +86,6 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         .insert_str(&cmdline_text)
         .map_err(BootError::Cmdline)?;
     boot::write_cmdline(&guest_memory, &cmdline)?;
-    timeline.kernel_loaded = Some(Instant::now());
-
-    let legacy = device_manager::create_legacy_devices(
-        &vm_fd,
-        &config.console,
-        &stop,
-        process_start,
-        timeline.build_start,
-    )?;
-    timeline.devices_ready = Some(Instant::now());
-
     let memory_map = layout::memory_map(mem_size);
     match kernel.mode {
         EntryMode::Linux64 => boot::write_zero_page(
@@ -126,11 +98,41 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         EntryMode::Pvh => boot::write_pvh_start_info(&guest_memory, &memory_map, initrd)?,
     }
     mptable::setup(&guest_memory, cpu_count)?;
+    timeline.phase_done("kernel_load");
+
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let max = kvm.get_max_vcpus();
+    if usize::from(cpu_count) > max {
+        return Err(BuildError::TooManyCpus {
+            requested: cpu_count,
+            max,
+        });
+    }
+    let vm_fd = vm::create_vm(&kvm)?;
+    timeline.phase_done("vm_create");
+    vm::register_memory(&kvm, &vm_fd, &guest_memory)?;
+    timeline.phase_done("memory_registration");
+
+    // The irqchip must exist before vCPUs are created so they get LAPICs.
+    vm::setup_irqchip(&vm_fd)?;
+    let vcpus = (0..cpu_count)
+        .map(|id| Vcpu::new(&vm_fd, id))
+        .collect::<Result<Vec<_>, _>>()?;
     let base_cpuid = vcpu::supported_cpuid(&kvm)?;
     for vcpu in &vcpus {
         let boot_state = (vcpu.id() == 0).then_some((&guest_memory, kernel.mode, kernel.entry));
         vcpu.configure(&base_cpuid, cpu_count, boot_state)?;
     }
+    timeline.phase_done("vcpus");
+
+    let legacy = device_manager::create_legacy_devices(
+        &vm_fd,
+        &config.console,
+        &stop,
+        process_start,
+        timeline.build_start,
+    )?;
+    timeline.phase_done("devices");
     log::debug!(
         "built VM: {} MiB, {} vCPUs, {:?} entry at {:#x}",
         config.mem_mib,

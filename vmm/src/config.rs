@@ -71,6 +71,8 @@ pub enum ConfigError {
     KernelNotFile(PathBuf),
     #[error("initrd {0} does not exist")]
     InitrdMissing(PathBuf),
+    #[error("initrd {0} is not a regular file")]
+    InitrdNotFile(PathBuf),
     #[error(
         "the kernel command line is {0} bytes with herd's defaults; Linux accepts at most {max}",
         max = CMDLINE_MAX_SIZE - 1
@@ -96,8 +98,10 @@ impl VmConfig {
             Ok(_) => {}
         }
         if let Some(initrd) = &self.initrd {
-            if !initrd.exists() {
-                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            match std::fs::metadata(initrd) {
+                Err(_) => return Err(ConfigError::InitrdMissing(initrd.clone())),
+                Ok(m) if !m.is_file() => return Err(ConfigError::InitrdNotFile(initrd.clone())),
+                Ok(_) => {}
             }
         }
         let len = self.full_cmdline().len();

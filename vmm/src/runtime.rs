@@ -20,6 +20,7 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 /// How long vCPU threads get to leave KVM_RUN once the VM stops.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
+const VCPU_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -126,8 +127,9 @@ impl Vmm {
 /// the process is about to exit anyway.
 fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
     let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    let mut next_kick = Instant::now();
     let mut pending = threads;
-    while !pending.is_empty() {
+    loop {
         let (done, running): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(JoinHandle::is_finished);
         for handle in done {
@@ -137,17 +139,22 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
         }
         pending = running;
         if pending.is_empty() {
-            break;
+            return;
         }
-        if Instant::now() > deadline {
+        let now = Instant::now();
+        if now > deadline {
             log::warn!("{} vCPU thread(s) did not stop in time", pending.len());
-            break;
+            return;
         }
-        for handle in &pending {
-            // The thread may finish between the check and the kill; ESRCH
-            // is harmless then.
-            let _ = handle.kill(signals::vcpu_kick_signal());
+        if now >= next_kick {
+            // A thread that checked the stop flag just before entering
+            // KVM_RUN misses one kick, so kicks repeat until it is out.
+            for handle in &pending {
+                // ESRCH (the thread just finished) is harmless.
+                let _ = handle.kill(signals::vcpu_kick_signal());
+            }
+            next_kick = now + VCPU_KICK_INTERVAL;
         }
-        std::thread::sleep(VCPU_KICK_INTERVAL);
+        std::thread::sleep(VCPU_POLL_INTERVAL);
     }
 }

@@ -15,11 +15,38 @@ pub enum MemoryError {
     Map { mib: u64, source: MmapRegionError },
     #[error("guest memory of {0} bytes does not fit in this host's address space")]
     TooLarge(u64),
+    #[error(
+        "--mem {mib} MiB puts guest RAM up to {end:#x}, beyond this host's {bits}-bit \
+         physical address space; lower --mem"
+    )]
+    BeyondHostAddressSpace { mib: u64, end: u64, bits: u32 },
     #[error("guest memory regions are inconsistent: {0}")]
     Regions(GuestRegionCollectionError),
 }
 
+/// The host CPU's physical address width: KVM cannot give a guest RAM
+/// beyond it.
+pub fn host_phys_addr_bits() -> u32 {
+    const LEAF_ADDRESS_SIZES: u32 = 0x8000_0008;
+    let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max_ext < LEAF_ADDRESS_SIZES {
+        return 36;
+    }
+    std::arch::x86_64::__cpuid(LEAF_ADDRESS_SIZES).eax & 0xff
+}
+
 pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let bits = host_phys_addr_bits();
+    let end = layout::ram_regions(mem_size)
+        .last()
+        .map_or(0, |(start, size)| start.0 + size);
+    if bits < 64 && end > 1u64 << bits {
+        return Err(MemoryError::BeyondHostAddressSpace {
+            mib: mem_size >> 20,
+            end,
+            bits,
+        });
+    }
     let mut regions = Vec::new();
     for (start, size) in layout::ram_regions(mem_size) {
         let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(mem_size))?;
@@ -56,5 +83,6 @@ mod tests {
     fn impossible_size_is_a_clear_error() {
         let err = create_guest_memory(1 << 62).unwrap_err();
         assert!(err.to_string().contains("lower --mem"), "{err}");
+        assert!(host_phys_addr_bits() >= 32);
     }
 }

@@ -11,7 +11,7 @@ pub enum VmError {
     #[error("cannot create a KVM VM: {0}")]
     Create(kvm_ioctls::Error),
     #[error(
-        "cannot register guest memory slot {slot} ({size} bytes at {addr:#x}) with KVM: {source}"
+        "KVM refused guest memory slot {slot} ({size} bytes at {addr:#x}): {source}; lower --mem"
     )]
     MemorySlot {
         slot: u32,

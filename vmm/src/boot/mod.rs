@@ -18,6 +18,8 @@ use crate::arch::x86_64::layout::{
 };
 use crate::arch::x86_64::regs::EntryMode;
 
+mod elf32;
+
 const BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const HDRS_MAGIC: u32 = 0x5372_6448;
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
@@ -41,7 +43,12 @@ pub enum BootError {
          arch/x86/boot/bzImage"
     )]
     UnknownKernelFormat(PathBuf),
-    #[error("cannot load kernel {path}: {source}")]
+    #[error("cannot load 32-bit kernel {path}: {source}")]
+    LoadElf32 {
+        path: PathBuf,
+        source: elf32::Elf32Error,
+    },
+    #[error("cannot load kernel {path}: {source} (is the file complete, and an x86_64 kernel?)")]
     LoadKernel {
         path: PathBuf,
         source: loader::Error,
@@ -99,6 +106,19 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         source,
     };
     let highmem = Some(GuestAddress(HIMEM_START));
+    if read_at::<5>(&mut file, 0).is_some_and(|ident| elf32::is_elf32(&ident)) {
+        let kernel =
+            elf32::load(mem, &mut file, HIMEM_START).map_err(|source| BootError::LoadElf32 {
+                path: path.to_owned(),
+                source,
+            })?;
+        return Ok(LoadedKernel {
+            entry: kernel.entry,
+            mode: EntryMode::Pvh,
+            setup_header: None,
+            end: kernel.end,
+        });
+    }
     if is_elf(&mut file) {
         let result = Elf::load(mem, None, &mut file, highmem).map_err(load_err)?;
         let (entry, mode) = match result.pvh_boot_cap {

@@ -1,0 +1,352 @@
+//! `cargo bench`: where herd's boot time and memory go, against the floor
+//! KVM itself sets. Prints one table (median / min / max over many runs)
+//! and appends it to benches/RESULTS.md with the date, commit and host.
+
+#[path = "../../tests/support/probes.rs"]
+#[allow(dead_code)]
+mod probes;
+
+mod floor;
+mod smaps;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+const MEM_MIB: u64 = 128;
+
+fn runs() -> usize {
+    std::env::var("HERD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    samples: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, unit: &'static str) -> Self {
+        Row {
+            name: name.into(),
+            unit,
+            samples: Vec::new(),
+        }
+    }
+
+    fn stats(&self) -> Option<(f64, f64, f64)> {
+        let mut v = self.samples.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 0 {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        };
+        Some((median, v[0], v[v.len() - 1]))
+    }
+}
+
+fn herd_command(kernel: &Path, action: &str, report: Option<&Path>) -> Command {
+    let mut cmd = Command::new(probes::herd_bin());
+    cmd.args(["run", "--console", "stdio", "--log-level", "error"])
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--mem", &MEM_MIB.to_string()])
+        // probe.quick=1: the probe acts at once, so herd is timed, not the
+        // probe's own checks (slow where guest code is emulated).
+        .args(["--cmdline", &format!("probe.quick=1 probe.action={action}")]);
+    if let Some(report) = report {
+        cmd.arg("--boot-report").arg(report);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Spawns `cmd`; returns (spawn to first stdout byte, spawn to exit).
+fn time_first_byte_and_exit(mut cmd: Command) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut byte = [0u8; 1];
+    stdout
+        .read_exact(&mut byte)
+        .map_err(|e| format!("no output: {e}"))?;
+    let first = start.elapsed();
+    std::io::copy(&mut stdout, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exit = start.elapsed();
+    if !status.success() {
+        return Err(format!("exited with {status}"));
+    }
+    Ok((first.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3))
+}
+
+fn floor_command() -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("bench binary path"));
+    cmd.args(["floor", &MEM_MIB.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Waits until a spinning probe says so, so its memory is measured at rest.
+fn wait_spinning(child: &mut Child) -> Result<(), String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        if line.map_err(|e| e.to_string())?.contains("probe: spinning") {
+            return Ok(());
+        }
+    }
+    Err("probe ended before spinning".into())
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn boot_path(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
+    let report = std::env::temp_dir().join(format!("herd-bench-{}.json", std::process::id()));
+    let mut first = Row::new("herd: spawn -> first serial byte", "ms");
+    let mut exit = Row::new("herd: spawn -> exit after guest reset", "ms");
+    let mut floor_first = Row::new("floor: spawn -> first port write", "ms");
+    let mut floor_exit = Row::new("floor: spawn -> exit", "ms");
+    let mut phases: Vec<Row> = Vec::new();
+    for _ in 0..runs() {
+        let (f, e) = time_first_byte_and_exit(herd_command(kernel, "reset", Some(&report)))?;
+        first.samples.push(f);
+        exit.samples.push(e);
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&report).map_err(|e| format!("boot report: {e}"))?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut push = |name: String, v: Option<f64>| {
+            if let Some(v) = v {
+                match phases.iter_mut().find(|r| r.name == name) {
+                    Some(row) => row.samples.push(v),
+                    None => {
+                        let mut row = Row::new(name, "ms");
+                        row.samples.push(v);
+                        phases.push(row);
+                    }
+                }
+            }
+        };
+        push(
+            "herd phase: process start -> VM build".into(),
+            json["process_to_build_ms"].as_f64(),
+        );
+        if let Some(map) = json["phases_ms"].as_object() {
+            for (k, v) in map {
+                push(format!("herd phase: {k}"), v.as_f64());
+            }
+        }
+        let (f, e) = time_first_byte_and_exit(floor_command())?;
+        floor_first.samples.push(f);
+        floor_exit.samples.push(e);
+    }
+    let _ = std::fs::remove_file(&report);
+    let ratio = match (first.stats(), floor_first.stats()) {
+        (Some((h, ..)), Some((f, ..))) if f > 0.0 => h / f,
+        _ => f64::NAN,
+    };
+    let mut headline = Row::new(
+        "HEADLINE herd/floor first-byte ratio (median; target <= 1.5)",
+        "x",
+    );
+    headline.samples.push(ratio);
+    rows.push(headline);
+    rows.extend([first, floor_first, exit, floor_exit]);
+    rows.extend(phases);
+    Ok(())
+}
+
+fn guest_sizes_kib() -> Vec<u64> {
+    vec![MEM_MIB << 10]
+}
+
+fn vmm_memory(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
+    let mut private = Row::new(
+        "VMM private dirty memory (anonymous, not guest RAM; target <= 300)",
+        "KiB",
+    );
+    let mut clean = Row::new(
+        "VMM private clean memory (herd's own code pages; shared across herd processes)",
+        "KiB",
+    );
+    let mut shared = Row::new("VMM shared memory (system libraries)", "KiB");
+    let mut pss = Row::new("VMM PSS minus guest RAM", "KiB");
+    for _ in 0..runs() {
+        let mut child = herd_command(kernel, "spin", None)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        wait_spinning(&mut child)?;
+        let use_ = smaps::read(child.id(), &guest_sizes_kib());
+        stop(&mut child);
+        let use_ = use_?;
+        private.samples.push(use_.vmm_private_dirty_kib as f64);
+        clean.samples.push(use_.vmm_private_clean_kib as f64);
+        shared.samples.push(use_.vmm_shared_kib as f64);
+        pss.samples.push(use_.vmm_pss_kib as f64);
+    }
+    rows.extend([private, clean, shared, pss]);
+    Ok(())
+}
+
+fn many_at_once(kernel: &Path, count: usize, rows: &mut Vec<Row>) -> Result<(), String> {
+    let mut all_done = Row::new(
+        format!("{count} VMs at once: start -> all exited (target <= 1000 at 100)"),
+        "ms",
+    );
+    let rounds = runs();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut children = (0..count)
+            .map(|_| {
+                herd_command(kernel, "exit:0", None)
+                    .stdout(Stdio::null())
+                    .spawn()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("spawn: {e}"))?;
+        for child in &mut children {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("a VM of {count} exited with {status}"));
+            }
+        }
+        all_done.samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut per_vm = Row::new(
+        format!("{count} VMs at once: host memory (PSS) per VM"),
+        "KiB",
+    );
+    for _ in 0..3 {
+        let mut children = (0..count)
+            .map(|_| herd_command(kernel, "spin", None).spawn())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("spawn: {e}"))?;
+        let mut total = 0u64;
+        let mut failure = None;
+        for child in &mut children {
+            match wait_spinning(child).and_then(|()| smaps::read(child.id(), &guest_sizes_kib())) {
+                Ok(u) => total += u.total_pss_kib,
+                Err(e) => failure = Some(e),
+            }
+        }
+        children.iter_mut().for_each(stop);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        per_vm.samples.push(total as f64 / count as f64);
+    }
+    rows.extend([all_done, per_vm]);
+    Ok(())
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| measurement | unit | median | min | max | runs |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        if let Some((median, min, max)) = row.stats() {
+            out += &format!(
+                "| {} | {} | {median:.2} | {min:.2} | {max:.2} | {} |\n",
+                row.name,
+                row.unit,
+                row.samples.len()
+            );
+        }
+    }
+    out
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn append_results(table: &str) -> Result<PathBuf, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
+    let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = if command_output("git", &["status", "--porcelain"]).is_empty() {
+        ""
+    } else {
+        " (uncommitted changes)"
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let entry = format!(
+        "\n## {} — commit {commit}{dirty}\nhost: {} — {cpu} — {} CPUs — kernel {}\n\n{table}",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_output("uname", &["-n"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_output("uname", &["-r"]),
+    );
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmark results\n\nAppended by `cargo bench`; newest last.\n".to_owned()
+    });
+    text += &entry;
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("floor") {
+        let mib = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(MEM_MIB);
+        if let Err(e) = floor::run(mib) {
+            eprintln!("floor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if !probes::kvm_available() {
+        println!("SKIP: /dev/kvm absent — herd benchmarks need KVM and did not run");
+        return;
+    }
+    let kernel = probes::probe_path("probe-linux64.elf");
+    let mut rows = Vec::new();
+    let steps: [(&str, &dyn Fn(&mut Vec<Row>) -> Result<(), String>); 4] = [
+        ("boot path", &|r| boot_path(&kernel, r)),
+        ("VMM memory", &|r| vmm_memory(&kernel, r)),
+        ("20 at once", &|r| many_at_once(&kernel, 20, r)),
+        ("100 at once", &|r| many_at_once(&kernel, 100, r)),
+    ];
+    for (name, step) in steps {
+        let t = Instant::now();
+        if let Err(e) = step(&mut rows) {
+            eprintln!("bench {name} failed: {e}");
+            std::process::exit(1);
+        }
+        eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let table = render(&rows);
+    println!("\n{table}");
+    match append_results(&table) {
+        Ok(path) => println!("appended to {}", path.display()),
+        Err(e) => eprintln!("{e}"),
+    }
+}
