@@ -56,16 +56,12 @@ pub fn run(mem_mib: u64) -> Result<(), String> {
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
-    loop {
-        match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
-            VcpuExit::IoOut(0x3f8, data) => {
-                let mut out = std::io::stdout();
-                out.write_all(data).map_err(|e| e.to_string())?;
-                out.flush().map_err(|e| e.to_string())?;
-                return Ok(());
-            }
-            VcpuExit::Hlt => return Err("guest halted before writing".into()),
-            other => return Err(format!("unexpected exit {other:?}")),
+    match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
+        VcpuExit::IoOut(0x3f8, data) => {
+            let mut out = std::io::stdout();
+            out.write_all(data).map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())
         }
+        other => Err(format!("unexpected exit {other:?}")),
     }
 }

@@ -3,7 +3,6 @@
 //! and appends it to benches/RESULTS.md with the date, commit and host.
 
 #[path = "../../tests/support/probes.rs"]
-#[allow(dead_code)]
 mod probes;
 
 mod floor;
@@ -329,7 +328,8 @@ fn main() {
     }
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
-    let steps: [(&str, &dyn Fn(&mut Vec<Row>) -> Result<(), String>); 4] = [
+    type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
+    let steps: [(&str, Step); 4] = [
         ("boot path", &|r| boot_path(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),

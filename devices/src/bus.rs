@@ -112,7 +112,7 @@ mod tests {
     impl BusDevice for Recorder {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
-                *b = (offset as u8).wrapping_add(i as u8);
+                *b = offset.to_le_bytes()[0].wrapping_add(i.to_le_bytes()[0]);
             }
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
