@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod stop;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use stop::{StopReason, VmStop};

@@ -1,0 +1,44 @@
+//! The interrupt line of one virtio-mmio device: a status word the driver
+//! reads and acknowledges, and an irqfd that raises the guest IRQ.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl VirtioInterrupt {
+    pub fn new(irq: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Sets `why` in the status word and raises the IRQ.
+    pub fn trigger(&self, why: u32) {
+        self.status.fetch_or(why, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::error!("virtio: cannot raise the device interrupt: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn irq_eventfd(&self) -> &EventFd {
+        &self.irq
+    }
+}
