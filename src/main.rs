@@ -37,6 +37,21 @@ struct RunArgs {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
     #[arg(long, value_name = "PATH")]
     kernel: PathBuf,
+    /// Appliance name, used in logs and for the default MAC address.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Shared read-only root image (erofs or ext4), attached as /dev/vda with
+    /// root= set for you. Any number of VMs can share one image.
+    #[arg(long, value_name = "IMAGE")]
+    root: Option<PathBuf>,
+    /// Extra disk image, writable unless suffixed with :ro (repeatable). A
+    /// writable image is locked: only one VM can use it at a time.
+    #[arg(long = "disk", value_name = "IMAGE[:ro]")]
+    disks: Vec<String>,
+    /// Network interface on an existing (or new, with CAP_NET_ADMIN) TAP
+    /// device (repeatable). The MAC defaults to one derived from --name.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<String>,
     /// Initial ramdisk (initramfs) to load next to the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -82,7 +97,19 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
+    let disks = match args.disks.iter().map(|d| d.parse()).collect() {
+        Ok(disks) => disks,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let nets = match args.nets.iter().map(|n| n.parse()).collect() {
+        Ok(nets) => nets,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
     let config = VmConfig {
+        name: args.name,
+        root: args.root,
+        disks,
+        nets,
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use devices::{Bus, VmStop};
+use devices::VmStop;
 use kvm_ioctls::Kvm;
 use linux_loader::cmdline::Cmdline;
 
@@ -14,7 +14,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::boot::{self, BootError};
 use crate::boot_report::BootTimeline;
 use crate::config::{ConfigError, ConsoleConfig, VmConfig};
-use crate::device_manager::{self, DeviceError};
+use crate::device_manager::{self, DeviceError, MmioDeviceManager};
 use crate::runtime::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
@@ -132,6 +132,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         process_start,
         timeline.build_start,
     )?;
+    let mmio = MmioDeviceManager::new();
     timeline.phase_done("devices");
     log::debug!(
         "built VM: {} MiB, {} vCPUs, {:?} entry at {:#x}",
@@ -143,8 +144,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
 
     let context = VcpuContext {
         pio_bus: Arc::new(legacy.pio_bus),
-        // No MMIO devices yet: every MMIO access is unclaimed.
-        mmio_bus: Arc::new(Bus::new()),
+        mmio_bus: Arc::new(mmio.bus),
         stop: stop.clone(),
         first_entry: Arc::new(OnceLock::new()),
     };
@@ -156,6 +156,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         serial: legacy.serial,
         boot_timer: legacy.boot_timer,
         panic_message: legacy.panic_message,
+        device_subscribers: mmio.subscribers,
         console_input: matches!(config.console, ConsoleConfig::Stdio),
         timeline,
     })

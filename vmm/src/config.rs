@@ -43,8 +43,89 @@ impl FromStr for ConsoleConfig {
     }
 }
 
+/// A `--disk PATH[:ro]` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl FromStr for DiskSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, read_only) = match s.rsplit_once(':') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            _ => (s, false),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::Disk(s.to_owned()));
+        }
+        Ok(DiskSpec {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
+/// A `--net tap=NAME[,mac=MAC]` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl FromStr for NetSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tap = None;
+        let mut mac = None;
+        for item in s.split(',') {
+            match item.split_once('=') {
+                // Linux interface names are at most 15 bytes.
+                Some(("tap", name)) if !name.is_empty() && name.len() <= 15 => {
+                    tap = Some(name.to_owned());
+                }
+                Some(("mac", m)) => {
+                    let parsed = parse_mac(m).ok_or_else(|| ConfigError::Mac(m.to_owned()))?;
+                    if parsed[0] & 1 != 0 {
+                        return Err(ConfigError::Mac(m.to_owned()));
+                    }
+                    mac = Some(parsed);
+                }
+                _ => return Err(ConfigError::Net(s.to_owned())),
+            }
+        }
+        match tap {
+            Some(tap) => Ok(NetSpec { tap, mac }),
+            None => Err(ConfigError::Net(s.to_owned())),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
+    /// The appliance's name: logs, and the default MAC address.
+    pub name: Option<String>,
+    /// The shared read-only root image, attached first (/dev/vda).
+    pub root: Option<PathBuf>,
+    pub disks: Vec<DiskSpec>,
+    pub nets: Vec<NetSpec>,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     /// Arguments appended to `DEFAULT_CMDLINE`.
@@ -65,6 +146,18 @@ pub enum ConfigError {
     Cpus(u32),
     #[error("--console {0:?} is not valid: use stdio, none or file:PATH")]
     Console(String),
+    #[error("--disk {0:?} is not valid: use PATH or PATH:ro")]
+    Disk(String),
+    #[error("disk image {0} does not exist; create one with `herd disk create`")]
+    DiskMissing(PathBuf),
+    #[error("disk image {0} is not a regular file")]
+    DiskNotFile(PathBuf),
+    #[error("--net {0:?} is not valid: use tap=NAME[,mac=02:xx:xx:xx:xx:xx] (NAME at most 15 bytes)")]
+    Net(String),
+    #[error("MAC address {0:?} is not valid: use six hex bytes like 02:00:00:00:00:01, unicast")]
+    Mac(String),
+    #[error("too many virtio devices ({0}): herd supports at most {max} (root, disks and NICs)", max = crate::device_manager::mmio::MAX_MMIO_DEVICES)]
+    TooManyDevices(usize),
     #[error("kernel {0} does not exist; pass the path to a vmlinux or bzImage with --kernel")]
     KernelMissing(PathBuf),
     #[error("kernel {0} is not a regular file")]
@@ -104,6 +197,17 @@ impl VmConfig {
                 Ok(_) => {}
             }
         }
+        let images = self.root.iter().chain(self.disks.iter().map(|d| &d.path));
+        for image in images {
+            match std::fs::metadata(image) {
+                Err(_) => return Err(ConfigError::DiskMissing(image.clone())),
+                Ok(m) if !m.is_file() => return Err(ConfigError::DiskNotFile(image.clone())),
+                Ok(_) => {}
+            }
+        }
+        if self.virtio_device_count() > crate::device_manager::mmio::MAX_MMIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
+        }
         let len = self.full_cmdline().len();
         if len >= CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong(len));
@@ -120,13 +224,30 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// herd's defaults followed by the user's arguments, so the user's win
-    /// where the kernel takes the last occurrence.
+    /// Root, then disks, then NICs: the order of their MMIO slots.
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.root.is_some()) + self.disks.len() + self.nets.len()
+    }
+
+    /// herd's defaults, the root and the virtio devices, then the user's
+    /// arguments: the user's win where the kernel takes the last
+    /// occurrence, and a `--` in them cannot hide herd's device entries.
     pub fn full_cmdline(&self) -> String {
-        match self.cmdline.as_deref().map(str::trim) {
-            Some(extra) if !extra.is_empty() => format!("{DEFAULT_CMDLINE} {extra}"),
-            _ => DEFAULT_CMDLINE.to_owned(),
+        let mut parts = vec![DEFAULT_CMDLINE.to_owned()];
+        if self.root.is_some() {
+            parts.push("root=/dev/vda ro".to_owned());
         }
+        for index in 0..self.virtio_device_count() {
+            if let Ok(slot) = crate::device_manager::mmio_slot(index) {
+                parts.push(slot.cmdline_entry());
+            }
+        }
+        if let Some(extra) = self.cmdline.as_deref().map(str::trim) {
+            if !extra.is_empty() {
+                parts.push(extra.to_owned());
+            }
+        }
+        parts.join(" ")
     }
 }
 
@@ -136,6 +257,10 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
+            name: None,
+            root: None,
+            disks: Vec::new(),
+            nets: Vec::new(),
             kernel: std::env::current_exe().unwrap(),
             initrd: None,
             cmdline: None,
@@ -186,6 +311,42 @@ mod tests {
             ..config()
         };
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
+    }
+
+    #[test]
+    fn disk_and_net_arguments() {
+        assert_eq!(
+            "/a/b.img:ro".parse(),
+            Ok(DiskSpec {
+                path: "/a/b.img".into(),
+                read_only: true
+            })
+        );
+        assert_eq!("b.img".parse::<DiskSpec>().unwrap().read_only, false);
+        assert!("".parse::<DiskSpec>().is_err());
+        let n: NetSpec = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", Some([2, 0, 0, 0, 0, 10])));
+        assert!("tap=".parse::<NetSpec>().is_err());
+        assert!("mac=02:00:00:00:00:01".parse::<NetSpec>().is_err());
+        assert!("tap=t,mac=01:00:00:00:00:01".parse::<NetSpec>().is_err());
+        assert!("tap=t,mac=02:00:00:00:00".parse::<NetSpec>().is_err());
+        assert!("tap=averyveryverylongname".parse::<NetSpec>().is_err());
+    }
+
+    #[test]
+    fn devices_appear_on_the_command_line_before_user_arguments() {
+        let c = VmConfig {
+            root: Some("/base.erofs".into()),
+            nets: vec!["tap=t0".parse().unwrap()],
+            cmdline: Some("-- init-arg".into()),
+            ..config()
+        };
+        let line = c.full_cmdline();
+        let root = line.find("root=/dev/vda ro").unwrap();
+        let dev0 = line.find("virtio_mmio.device=4K@0xd0000000:5").unwrap();
+        let dev1 = line.find("virtio_mmio.device=4K@0xd0001000:6").unwrap();
+        let user = line.find("-- init-arg").unwrap();
+        assert!(root < dev0 && dev0 < dev1 && dev1 < user, "{line}");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub struct Vmm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
     pub(crate) panic_message: Arc<Mutex<Option<String>>>,
+    pub(crate) device_subscribers: Vec<Subscriber>,
     pub(crate) console_input: bool,
     pub(crate) timeline: BootTimeline,
 }
@@ -69,6 +70,9 @@ impl Vmm {
         let mut events: EventManager<Subscriber> =
             EventManager::new().map_err(RunError::EventManager)?;
         events.add_subscriber(Arc::new(Mutex::new(StopListener::new(stop.clone()))));
+        for device in self.device_subscribers.drain(..) {
+            events.add_subscriber(device);
+        }
         if self.console_input {
             events.add_subscriber(Arc::new(Mutex::new(SerialInput::new(
                 self.serial.clone(),

@@ -1,0 +1,7 @@
+//! Devices of a VM: legacy port-I/O devices and virtio devices on MMIO.
+
+pub mod legacy;
+pub mod mmio;
+
+pub use legacy::{create_legacy_devices, DeviceError, LegacyDevices, SerialInput, StopListener};
+pub use mmio::{mmio_slot, MmioDeviceManager, MmioError, MmioSlot};
