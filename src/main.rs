@@ -30,6 +30,9 @@ enum Command {
     /// Boot a kernel in a new microVM and run it until the guest stops.
     #[command(after_help = EXIT_STATUS_HELP)]
     Run(RunArgs),
+    /// Check whether this host's KVM can run Linux guests (it must deliver
+    /// interrupts; some nested hypervisors cannot).
+    CheckKvm,
 }
 
 #[derive(Args)]
@@ -80,7 +83,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => ExitCode::from(run(args, process_start)),
+        Command::CheckKvm => ExitCode::from(check_kvm()),
     }
+}
+
+const KVM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn check_kvm() -> u8 {
+    match vmm::kvm_check::check_interrupt_delivery(KVM_CHECK_TIMEOUT) {
+        Ok(()) => {
+            println!("herd: /dev/kvm delivers interrupts to guests: Linux guests can run here");
+            EXIT_OK
+        }
+        Err(why) => fail(EXIT_HOST_FAILURE, kvm_cannot_run_linux(&why)),
+    }
+}
+
+fn kvm_cannot_run_linux(why: &str) -> String {
+    format!(
+        "this host's KVM cannot run Linux guests: {why}. It runs only simple guests (a \
+         nested or emulating hypervisor such as kvm_pvm?). Run the VM in \
+         herd's emulated test host instead: herd run --emulated-host ..."
+    )
 }
 
 fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
@@ -155,7 +179,15 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             log::error!("cannot write boot report {}: {e}", path.display());
         }
     }
-    match outcome.reason {
+    match &outcome.reason {
+        StopReason::GuestCrash(why) if why.contains("KVM_EXIT_INTERNAL_ERROR") => {
+            eprintln!("herd: error: {description}");
+            // Tell a broken guest from a KVM that cannot deliver interrupts.
+            if let Err(why) = vmm::kvm_check::check_interrupt_delivery(KVM_CHECK_TIMEOUT) {
+                eprintln!("herd: hint: {}", kvm_cannot_run_linux(&why));
+            }
+            status
+        }
         StopReason::GuestCrash(_) | StopReason::KvmFailure(_) => fail(status, description),
         _ => {
             log::info!("VM stopped: {description}");

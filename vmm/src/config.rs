@@ -152,7 +152,9 @@ pub enum ConfigError {
     DiskMissing(PathBuf),
     #[error("disk image {0} is not a regular file")]
     DiskNotFile(PathBuf),
-    #[error("--net {0:?} is not valid: use tap=NAME[,mac=02:xx:xx:xx:xx:xx] (NAME at most 15 bytes)")]
+    #[error(
+        "--net {0:?} is not valid: use tap=NAME[,mac=02:xx:xx:xx:xx:xx] (NAME at most 15 bytes)"
+    )]
     Net(String),
     #[error("MAC address {0:?} is not valid: use six hex bytes like 02:00:00:00:00:01, unicast")]
     Mac(String),
@@ -322,7 +324,7 @@ mod tests {
                 read_only: true
             })
         );
-        assert_eq!("b.img".parse::<DiskSpec>().unwrap().read_only, false);
+        assert!(!"b.img".parse::<DiskSpec>().unwrap().read_only);
         assert!("".parse::<DiskSpec>().is_err());
         let n: NetSpec = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
         assert_eq!((n.tap.as_str(), n.mac), ("tap0", Some([2, 0, 0, 0, 0, 10])));

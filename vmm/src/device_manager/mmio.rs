@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::{MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_DEVICE_SIZE};
 use devices::virtio::QUEUE_NOTIFY_OFFSET;
+use devices::virtio::{MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_DEVICE_SIZE};
 use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};

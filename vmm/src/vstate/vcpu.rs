@@ -86,6 +86,11 @@ impl Vcpu {
         self.id
     }
 
+    /// The raw vCPU, for callers that drive it themselves (the KVM check).
+    pub fn into_fd(self) -> VcpuFd {
+        self.fd
+    }
+
     /// CPUID, MSRs and LAPIC for every vCPU; registers for the boot entry.
     /// Secondary vCPUs keep KVM's reset state: they wait for INIT/SIPI.
     pub fn configure(
@@ -161,6 +166,9 @@ impl Vcpu {
         }
         while !ctx.stop.is_requested() {
             let action = match self.fd.run() {
+                Ok(VcpuExit::InternalError) => {
+                    VcpuAction::Stop(StopReason::GuestCrash(self.internal_error()))
+                }
                 Ok(exit) => handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     VcpuAction::Continue
@@ -175,6 +183,28 @@ impl Vcpu {
             }
         }
         log::debug!("vCPU {} stopped", self.id);
+    }
+}
+
+impl Vcpu {
+    /// Describes a KVM_EXIT_INTERNAL_ERROR with KVM's sub-error code, its
+    /// extra data (for emulation failures: instruction bytes) and the RIP.
+    fn internal_error(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
+        // `internal` member of the kvm_run union; it is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let count = usize::try_from(internal.ndata)
+            .unwrap_or(0)
+            .min(internal.data.len());
+        let rip = self.fd.get_regs().map_or(0, |r| r.rip);
+        format!(
+            "vCPU {}: KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror {}, data {:x?}) at \
+             RIP {rip:#x}: KVM could not handle what the guest did",
+            self.id,
+            internal.suberror,
+            &internal.data[..count]
+        )
     }
 }
 
