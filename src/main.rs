@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Boot a kernel in a new microVM and run it until the guest stops.
     #[command(after_help = EXIT_STATUS_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => ExitCode::from(run(args, process_start)),
+        Command::Run(args) => ExitCode::from(run(*args, process_start)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
     }
 }
