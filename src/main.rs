@@ -1,5 +1,6 @@
 //! `herd`: run small single-purpose server appliances as KVM microVMs.
 
+mod disk;
 mod exit_status;
 mod terminal;
 
@@ -30,9 +31,29 @@ enum Command {
     /// Boot a kernel in a new microVM and run it until the guest stops.
     #[command(after_help = EXIT_STATUS_HELP)]
     Run(Box<RunArgs>),
+    /// Per-guest disk images.
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
+}
+
+#[derive(Subcommand)]
+enum DiskCommand {
+    /// Build an ext4 disk image (label herd-data) holding the contents of a
+    /// directory; needs no root privileges. Never overwrites OUT.
+    Create {
+        /// Directory whose contents become the disk's root.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// Disk size: bytes, or with K, M, G, T (e.g. 64M).
+        #[arg(long, value_name = "SIZE")]
+        size: String,
+        /// Image file to create.
+        #[arg(value_name = "OUT.img")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -84,6 +105,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => ExitCode::from(run(*args, process_start)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
+        Command::Disk(DiskCommand::Create { from, size, out }) => {
+            let result = disk::parse_size(&size).and_then(|size| disk::create(&from, size, &out));
+            match result {
+                Ok(()) => {
+                    println!("herd: created {}", out.display());
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => ExitCode::from(fail(EXIT_BAD_INPUT, e)),
+            }
+        }
     }
 }
 
