@@ -109,7 +109,7 @@ fn mkfs(from: &Path, size: u64, out: &Path) -> Result<(), DiskCreateError> {
     let detail = String::from_utf8_lossy(&output.stderr)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .last()
+        .next_back()
         .unwrap_or("no message")
         .trim()
         .to_owned();
