@@ -108,8 +108,7 @@ fn mkfs(from: &Path, size: u64, out: &Path) -> Result<(), DiskCreateError> {
     }
     let detail = String::from_utf8_lossy(&output.stderr)
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .next_back()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("no message")
         .trim()
         .to_owned();
