@@ -121,8 +121,8 @@ impl MmioTransport {
                 }
                 1 => {
                     let offered = self.device_features() >> 32;
-                    self.acked_features = (self.acked_features & 0xffff_ffff)
-                        | ((u64::from(value) & offered) << 32);
+                    self.acked_features =
+                        (self.acked_features & 0xffff_ffff) | ((u64::from(value) & offered) << 32);
                 }
                 _ => {}
             },
@@ -246,7 +246,10 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(word) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(word)),
-            _ => log::debug!("virtio-mmio: ignored {}-byte write at {offset:#x}", data.len()),
+            _ => log::debug!(
+                "virtio-mmio: ignored {}-byte write at {offset:#x}",
+                data.len()
+            ),
         }
     }
 }
@@ -340,7 +343,11 @@ mod tests {
         w(&mut t, 0x20, u32::MAX);
         w(&mut t, 0x24, 1);
         w(&mut t, 0x20, 1);
-        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         set_up_queue(&mut t);
         w(
             &mut t,
