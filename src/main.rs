@@ -2,6 +2,7 @@
 
 mod disk;
 mod exit_status;
+mod net_setup;
 mod terminal;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     /// Per-guest disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Host networks (bridges) that appliances' TAP devices join.
+    #[command(subcommand)]
+    Net(NetCommand),
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
@@ -53,6 +57,26 @@ enum DiskCommand {
         /// Image file to create.
         #[arg(value_name = "OUT.img")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetCommand {
+    /// Create a bridge with the host's address on it (needs CAP_NET_ADMIN).
+    Create {
+        /// Bridge name (at most 15 characters).
+        name: String,
+        /// The host's address and prefix on the network, e.g. 10.20.0.1/24.
+        #[arg(long, value_name = "CIDR")]
+        subnet: String,
+        /// Masquerade the network's traffic to the host's other interfaces.
+        #[arg(long)]
+        nat: bool,
+    },
+    /// Remove a bridge created by `herd net create`.
+    Rm {
+        /// Bridge name.
+        name: String,
     },
 }
 
@@ -105,6 +129,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => ExitCode::from(run(*args, process_start)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
+        Command::Net(cmd) => ExitCode::from(net(cmd)),
         Command::Disk(DiskCommand::Create { from, size, out }) => {
             let result = disk::parse_size(&size).and_then(|size| disk::create(&from, size, &out));
             match result {
@@ -136,6 +161,24 @@ fn kvm_cannot_run_linux(why: &str) -> String {
          nested or emulating hypervisor such as kvm_pvm?). Run the VM in \
          herd's emulated test host instead: herd run --emulated-host ..."
     )
+}
+
+fn net(cmd: NetCommand) -> u8 {
+    let result = match cmd {
+        NetCommand::Create { name, subnet, nat } => net_setup::Subnet::parse(&subnet)
+            .and_then(|s| net_setup::create(&name, s, nat))
+            .map(|()| format!("network {name} is up at {subnet}")),
+        NetCommand::Rm { name } => {
+            net_setup::remove(&name).map(|()| format!("network {name} removed"))
+        }
+    };
+    match result {
+        Ok(message) => {
+            println!("herd: {message}");
+            EXIT_OK
+        }
+        Err(e) => fail(EXIT_BAD_INPUT, e),
+    }
 }
 
 fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
