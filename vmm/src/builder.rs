@@ -14,6 +14,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::boot::{self, BootError};
 use crate::boot_report::BootTimeline;
 use crate::config::{ConfigError, ConsoleConfig, VmConfig};
+use crate::device_manager::virtio_devices::{self, VirtioDeviceError};
 use crate::device_manager::{self, DeviceError, MmioDeviceManager};
 use crate::runtime::Vmm;
 use crate::vstate::memory::{self, MemoryError};
@@ -45,6 +46,8 @@ pub enum BuildError {
     Mptable(#[from] MptableError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    VirtioDevices(#[from] VirtioDeviceError),
 }
 
 impl BuildError {
@@ -59,6 +62,9 @@ impl BuildError {
                 | BuildError::Vm(VmError::MemorySlot { .. })
                 | BuildError::Boot(_)
                 | BuildError::Devices(DeviceError::ConsoleFile { .. })
+                | BuildError::VirtioDevices(
+                    VirtioDeviceError::Block(_) | VirtioDeviceError::Net(_)
+                )
         )
     }
 }
@@ -72,6 +78,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
 
     // Everything that depends only on the user's input comes first, so a
     // bad kernel or initrd is reported the same with or without KVM.
+    let virtio_devices = virtio_devices::create(config)?;
     let guest_memory = memory::create_guest_memory(mem_size)?;
     timeline.phase_done("memory");
     let kernel = boot::load_kernel(&guest_memory, &config.kernel)?;
@@ -132,7 +139,8 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         process_start,
         timeline.build_start,
     )?;
-    let mmio = MmioDeviceManager::new();
+    let mut mmio = MmioDeviceManager::new();
+    virtio_devices::attach_all(virtio_devices, &mut mmio, &vm_fd, &guest_memory)?;
     timeline.phase_done("devices");
     log::debug!(
         "built VM: {} MiB, {} vCPUs, {:?} entry at {:#x}",

@@ -2,11 +2,13 @@
 //! handling (parsing guest descriptors, here) and a backend (file, TAP) that
 //! never sees a descriptor.
 
+pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 
-use vm_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{MmioTransport, MMIO_DEVICE_SIZE, QUEUE_NOTIFY_OFFSET};

@@ -2,6 +2,7 @@
 
 pub mod legacy;
 pub mod mmio;
+pub mod virtio_devices;
 
 pub use legacy::{create_legacy_devices, DeviceError, LegacyDevices, SerialInput, StopListener};
 pub use mmio::{mmio_slot, MmioDeviceManager, MmioError, MmioSlot};

@@ -1,0 +1,111 @@
+//! The virtio devices a config asks for, created before KVM is touched (so
+//! a missing image, a locked disk or a bad TAP is reported as the user's
+//! input) and attached to the MMIO bus once the VM exists.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::net::{mac_from_name, Net, NetConfig, NetError};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use super::mmio::{MmioDeviceManager, MmioError};
+use crate::config::VmConfig;
+
+/// GET_ID answers are at most 20 bytes.
+const MAX_SERIAL: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioDeviceError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+}
+
+pub enum VirtioDeviceHandle {
+    Block(Arc<Mutex<Block>>),
+    Net(Arc<Mutex<Net>>),
+}
+
+/// The serial a guest reads from /sys/block/vdX/serial: the image's file
+/// name without extension, cut to 20 bytes on a character boundary.
+pub fn disk_serial(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut end = stem.len().min(MAX_SERIAL);
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    stem[..end].to_owned()
+}
+
+/// Root first, then disks, then NICs: the order of their MMIO slots and of
+/// the `virtio_mmio.device=` entries `VmConfig::full_cmdline` wrote.
+pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDeviceError> {
+    let mut handles = Vec::new();
+    let disks = config
+        .root
+        .iter()
+        .map(|root| (root.as_path(), true, "root".to_owned()))
+        .chain(
+            config
+                .disks
+                .iter()
+                .map(|d| (d.path.as_path(), d.read_only, disk_serial(&d.path))),
+        );
+    for (path, read_only, serial) in disks {
+        let block = Block::new(BlockConfig {
+            path: path.to_owned(),
+            read_only,
+            serial,
+        })?;
+        handles.push(VirtioDeviceHandle::Block(Arc::new(Mutex::new(block))));
+    }
+    for spec in &config.nets {
+        let name = config.name.as_deref().unwrap_or(&spec.tap);
+        let mac = spec.mac.unwrap_or_else(|| mac_from_name(name));
+        let net = Net::new(NetConfig {
+            tap_name: spec.tap.clone(),
+            mac,
+        })?;
+        log::debug!("NIC on TAP {} with MAC {mac:02x?}", spec.tap);
+        handles.push(VirtioDeviceHandle::Net(Arc::new(Mutex::new(net))));
+    }
+    Ok(handles)
+}
+
+pub fn attach_all(
+    handles: Vec<VirtioDeviceHandle>,
+    mmio: &mut MmioDeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+) -> Result<(), VirtioDeviceError> {
+    for handle in handles {
+        match handle {
+            VirtioDeviceHandle::Block(block) => mmio.attach(vm, mem, block)?,
+            VirtioDeviceHandle::Net(net) => mmio.attach(vm, mem, net)?,
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_come_from_file_names() {
+        assert_eq!(disk_serial(Path::new("/var/lib/web1.img")), "web1");
+        assert_eq!(
+            disk_serial(Path::new("/x/an-appliance-with-a-long-name.img")),
+            "an-appliance-with-a-"
+        );
+        assert_eq!(disk_serial(Path::new("/x/ééééééééééé.img")).len(), 20);
+    }
+}
