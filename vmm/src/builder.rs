@@ -75,6 +75,15 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let cpu_count = config.cpu_count();
     let mem_size = config.mem_bytes();
     let stop = VmStop::new().map_err(BuildError::StopEvent)?;
+    // KVM_GET_SUPPORTED_CPUID is the slowest ioctl on the boot path and
+    // needs no VM: ask on a side thread while the VM is put together.
+    let supported_cpuid = std::thread::Builder::new()
+        .name("herd-cpuid".into())
+        .spawn(|| {
+            Kvm::new()
+                .map_err(BuildError::OpenKvm)
+                .and_then(|kvm| vcpu::supported_cpuid(&kvm).map_err(BuildError::from))
+        });
 
     // Everything that depends only on the user's input comes first, so a
     // bad kernel or initrd is reported the same with or without KVM.
@@ -125,7 +134,13 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let vcpus = (0..cpu_count)
         .map(|id| Vcpu::new(&vm_fd, id))
         .collect::<Result<Vec<_>, _>>()?;
-    let base_cpuid = vcpu::supported_cpuid(&kvm)?;
+    let base_cpuid = match supported_cpuid {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(VcpuError::CpuidThread.into()))?,
+        // No thread to be had: ask here instead.
+        Err(_) => vcpu::supported_cpuid(&kvm)?,
+    };
     for vcpu in &vcpus {
         let boot_state = (vcpu.id() == 0).then_some((&guest_memory, kernel.mode, kernel.entry));
         vcpu.configure(&base_cpuid, cpu_count, boot_state)?;

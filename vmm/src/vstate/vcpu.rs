@@ -29,6 +29,8 @@ pub enum VcpuError {
     Create { id: u8, source: kvm_ioctls::Error },
     #[error("cannot read KVM's supported CPUID: {0}")]
     SupportedCpuid(kvm_ioctls::Error),
+    #[error("the thread reading KVM's supported CPUID panicked")]
+    CpuidThread,
     #[error("cannot set CPUID on vCPU {id}: {source}")]
     SetCpuid { id: u8, source: kvm_ioctls::Error },
     #[error("cannot build the MSR list: {0}")]
