@@ -150,7 +150,7 @@ pub enum ConfigError {
     Disk(String),
     #[error("disk image {0} does not exist; create one with `herd disk create`")]
     DiskMissing(PathBuf),
-    #[error("disk image {0} is not a regular file")]
+    #[error("disk image {0} is neither a regular file nor a block device")]
     DiskNotFile(PathBuf),
     #[error(
         "--net {0:?} is not valid: use tap=NAME[,mac=02:xx:xx:xx:xx:xx] (NAME at most 15 bytes)"
@@ -201,9 +201,12 @@ impl VmConfig {
         }
         let images = self.root.iter().chain(self.disks.iter().map(|d| &d.path));
         for image in images {
+            use std::os::unix::fs::FileTypeExt;
             match std::fs::metadata(image) {
                 Err(_) => return Err(ConfigError::DiskMissing(image.clone())),
-                Ok(m) if !m.is_file() => return Err(ConfigError::DiskNotFile(image.clone())),
+                Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
+                    return Err(ConfigError::DiskNotFile(image.clone()))
+                }
                 Ok(_) => {}
             }
         }
