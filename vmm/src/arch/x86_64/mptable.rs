@@ -71,14 +71,21 @@ pub fn build(cpu_count: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&u32::try_from(IOAPIC_START).unwrap_or(0).to_le_bytes());
     entry_count += 1;
+    // Every ISA IRQ is an ordinary interrupt on the same IOAPIC pin. The
+    // PIC's ExtINT goes through LINT0 only (below): an ExtINT I/O entry
+    // makes Linux expect a through-8259A pin and crash in setup_IO_APIC.
     for irq in 0..=IRQ_MAX {
-        let kind = if irq == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
         // Polarity and trigger "conform to the bus" (flags 0).
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         entry_count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0, 0]);

@@ -1,0 +1,2 @@
+pub mod probes;
+pub mod testhost;
