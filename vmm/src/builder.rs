@@ -63,7 +63,9 @@ impl BuildError {
                 | BuildError::Boot(_)
                 | BuildError::Devices(DeviceError::ConsoleFile { .. })
                 | BuildError::VirtioDevices(
-                    VirtioDeviceError::Block(_) | VirtioDeviceError::Net(_)
+                    VirtioDeviceError::Block(_)
+                        | VirtioDeviceError::Net(_)
+                        | VirtioDeviceError::HostNet(_)
                 )
         )
     }

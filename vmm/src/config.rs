@@ -13,9 +13,10 @@ pub const MAX_MEM_MIB: u64 = 64 << 20;
 
 /// Kernel arguments every herd guest gets, before the user's own.
 /// `reboot=k` makes Linux reboot through the i8042 (herd has no ACPI),
-/// `panic=1` turns a panic into a reboot herd can see.
+/// `panic=1` turns a panic into a reboot herd can see, `8250.nr_uarts=1`
+/// spares the guest probing three serial ports that are not there.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ impl FromStr for DiskSpec {
 pub struct NetSpec {
     pub tap: String,
     pub mac: Option<[u8; 6]>,
+    /// A host bridge to put the TAP on.
+    pub bridge: Option<String>,
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -95,11 +98,15 @@ impl FromStr for NetSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut tap = None;
         let mut mac = None;
+        let mut bridge = None;
         for item in s.split(',') {
             match item.split_once('=') {
                 // Linux interface names are at most 15 bytes.
                 Some(("tap", name)) if !name.is_empty() && name.len() <= 15 => {
                     tap = Some(name.to_owned());
+                }
+                Some(("bridge", name)) if !name.is_empty() && name.len() <= 15 => {
+                    bridge = Some(name.to_owned());
                 }
                 Some(("mac", m)) => {
                     let parsed = parse_mac(m).ok_or_else(|| ConfigError::Mac(m.to_owned()))?;
@@ -112,7 +119,7 @@ impl FromStr for NetSpec {
             }
         }
         match tap {
-            Some(tap) => Ok(NetSpec { tap, mac }),
+            Some(tap) => Ok(NetSpec { tap, mac, bridge }),
             None => Err(ConfigError::Net(s.to_owned())),
         }
     }
@@ -332,6 +339,8 @@ mod tests {
         let n: NetSpec = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
         assert_eq!((n.tap.as_str(), n.mac), ("tap0", Some([2, 0, 0, 0, 0, 10])));
         assert!("tap=".parse::<NetSpec>().is_err());
+        let n: NetSpec = "tap=web1,bridge=appnet".parse().unwrap();
+        assert_eq!(n.bridge.as_deref(), Some("appnet"));
         assert!("mac=02:00:00:00:00:01".parse::<NetSpec>().is_err());
         assert!("tap=t,mac=01:00:00:00:00:01".parse::<NetSpec>().is_err());
         assert!("tap=t,mac=02:00:00:00:00".parse::<NetSpec>().is_err());

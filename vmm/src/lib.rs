@@ -7,6 +7,7 @@ pub mod boot_report;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+pub mod host_net;
 pub mod kvm_check;
 mod panic_watch;
 pub mod runtime;

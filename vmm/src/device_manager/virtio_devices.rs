@@ -24,6 +24,8 @@ pub enum VirtioDeviceError {
     Net(#[from] NetError),
     #[error(transparent)]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    HostNet(#[from] crate::host_net::HostNetError),
 }
 
 pub enum VirtioDeviceHandle {
@@ -74,6 +76,7 @@ pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDevice
             tap_name: spec.tap.clone(),
             mac,
         })?;
+        crate::host_net::connect_tap(&spec.tap, spec.bridge.as_deref())?;
         log::debug!("NIC on TAP {} with MAC {mac:02x?}", spec.tap);
         handles.push(VirtioDeviceHandle::Net(Arc::new(Mutex::new(net))));
     }
