@@ -1,7 +1,7 @@
 //! The interrupt line of one virtio-mmio device: a status word the driver
 //! reads and acknowledges, and an irqfd that raises the guest IRQ.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -12,6 +12,9 @@ pub const INT_CONFIG_CHANGE: u32 = 2;
 pub struct VirtioInterrupt {
     status: AtomicU32,
     irq: EventFd,
+    /// Set by a device that gave up on a malformed queue; the transport
+    /// reports it as DEVICE_NEEDS_RESET until the driver resets.
+    needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -19,6 +22,7 @@ impl VirtioInterrupt {
         VirtioInterrupt {
             status: AtomicU32::new(0),
             irq,
+            needs_reset: AtomicBool::new(false),
         }
     }
 
@@ -36,6 +40,22 @@ impl VirtioInterrupt {
 
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The device is unusable until reset: tell the driver (virtio 1.2,
+    /// 2.1.2: DEVICE_NEEDS_RESET plus a configuration change interrupt).
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.trigger(INT_CONFIG_CHANGE);
+        }
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    pub fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     pub fn irq_eventfd(&self) -> &EventFd {

@@ -98,6 +98,7 @@ impl MmioTransport {
             0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
+            0x70 if self.interrupt.needs_reset() => self.status | STATUS_DEVICE_NEEDS_RESET,
             0x70 => self.status,
             0xfc => self.config_generation,
             _ => {
@@ -217,12 +218,14 @@ impl MmioTransport {
         self.features_select = 0;
         self.acked_features_select = 0;
         self.interrupt.acknowledge(u32::MAX);
+        self.interrupt.clear_needs_reset();
         self.queues = new_queues(&self.device);
     }
 
     /// True once the device failed and waits for a reset.
     pub fn needs_reset(&self) -> bool {
         self.status & (STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED) != 0
+            || self.interrupt.needs_reset()
     }
 }
 

@@ -83,6 +83,9 @@ impl Block {
                     self.path().display()
                 );
                 self.broken = true;
+                if let Some(active) = &self.active {
+                    active.interrupt.signal_needs_reset();
+                }
             }
         }
     }

@@ -183,6 +183,9 @@ impl Net {
                 "virtio-net ({}): {why}; the device stops until the guest resets it",
                 self.tap.name()
             );
+            if let Some(active) = &self.active {
+                active.interrupt.signal_needs_reset();
+            }
         }
         self.broken = true;
     }
