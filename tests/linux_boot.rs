@@ -9,11 +9,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::images::image_dir;
 use support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Guests run by the one scenario. `boot NAME ARGS…` is `herd run` with the
@@ -64,25 +64,6 @@ fn suite() -> &'static ScenarioResult {
     match res {
         Ok(r) => r,
         Err(e) => panic!("linux_boot scenario could not start: {e}"),
-    }
-}
-
-/// The cache dir printed last by guest-images/NAME/build.sh.
-fn image_dir(name: &str) -> Result<PathBuf, String> {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guest-images/{name}/build.sh"));
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed ({})", script.display(), out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match stdout.lines().last() {
-        Some(dir) if Path::new(dir.trim()).is_dir() => Ok(PathBuf::from(dir.trim())),
-        _ => Err(format!("{} printed no cache directory", script.display())),
     }
 }
 

@@ -5,6 +5,11 @@
 #[path = "../../tests/support/probes.rs"]
 mod probes;
 
+#[path = "../../tests/support/images.rs"]
+mod images;
+#[path = "../../tests/support/testhost.rs"]
+mod testhost;
+
 mod floor;
 mod smaps;
 
@@ -254,6 +259,52 @@ fn many_at_once(kernel: &Path, count: usize, rows: &mut Vec<Row>) -> Result<(), 
     Ok(())
 }
 
+/// Linux guests to init with `quiet`, inside the emulated test host (real
+/// KVM under QEMU TCG): relative figures for spotting regressions.
+fn linux_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
+    const BOOTS: usize = 5;
+    let kernel = images::image_dir("kernel")?;
+    let base = images::image_dir("base")?;
+    let script = format!(
+        "for i in $(seq 1 {BOOTS}); do run_guest boot$i run --mem 256 --kernel /guest/vmlinux \
+         --initrd /guest/initrd.cpio.gz --cmdline 'quiet herd.run=\"exit 0\"'; done"
+    );
+    let result = testhost::Scenario::new("bench_linux_boot", &script)
+        .herd(&probes::herd_bin())
+        .file(&kernel.join("vmlinux"), "vmlinux")
+        .file(&base.join("initrd.cpio.gz"), "initrd.cpio.gz")
+        .timeout(std::time::Duration::from_secs(600))
+        .run();
+    let mut to_init = Row::new(
+        "Linux guest to init (boot timer, quiet) in the emulated test host",
+        "ms",
+    );
+    let mut to_exit = Row::new("Linux guest: herd start to exit, in the emulated test host", "ms");
+    for i in 1..=BOOTS {
+        let run = result
+            .run(&format!("boot{i}"))
+            .ok_or_else(|| format!("boot{i} did not run:\n{}", result.output()))?;
+        if run.exit_code != Some(0) {
+            return Err(format!("boot{i} exited {:?}", run.exit_code));
+        }
+        let line = run
+            .find("guest boot timer:")
+            .ok_or_else(|| format!("boot{i}: no boot timer line"))?;
+        let ms = line
+            .split("guest boot timer:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("boot{i}: cannot parse {line:?}"))?;
+        to_init.samples.push(ms);
+        if let Some(secs) = run.secs {
+            to_exit.samples.push(secs * 1e3);
+        }
+    }
+    rows.extend([to_init, to_exit]);
+    Ok(())
+}
+
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "| measurement | unit | median | min | max | runs |\n|---|---|---:|---:|---:|---:|\n",
@@ -329,13 +380,19 @@ fn main() {
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
     type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("boot path", &|r| boot_path(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),
         ("100 at once", &|r| many_at_once(&kernel, 100, r)),
+        ("Linux in the test host", &linux_in_test_host),
     ];
+    // HERD_BENCH_ONLY=substring runs only the matching steps.
+    let only = std::env::var("HERD_BENCH_ONLY").unwrap_or_default();
     for (name, step) in steps {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let t = Instant::now();
         if let Err(e) = step(&mut rows) {
             eprintln!("bench {name} failed: {e}");

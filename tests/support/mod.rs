@@ -1,2 +1,3 @@
 pub mod probes;
 pub mod testhost;
+pub mod images;
