@@ -13,11 +13,6 @@
  */
 #include "probe.h"
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 #define COM1          0x3f8
 #define COM1_LSR      (COM1 + 5)
 #define LSR_THRE      0x20
@@ -40,11 +35,6 @@ typedef unsigned long long u64;
 
 /* ------------------------------------------------------------------ */
 /* Port I/O and the serial console                                    */
-
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 
 /* gcc may emit calls to these for struct copies / zeroing even when freestanding. */
 void *memset(void *d, int c, unsigned long n)
@@ -73,7 +63,7 @@ static void putc_raw(char c)
 	outb(COM1, (u8)c);
 }
 
-static void puts(const char *s)
+void puts(const char *s)
 {
 	for (; *s; s++) {
 		if (*s == '\n')
@@ -82,7 +72,7 @@ static void puts(const char *s)
 	}
 }
 
-static void put_u64(u64 v)
+void put_u64(u64 v)
 {
 	char buf[21];
 	int i = 20;
@@ -94,7 +84,7 @@ static void put_u64(u64 v)
 	puts(&buf[i]);
 }
 
-static void put_hex(u64 v)
+void put_hex(u64 v)
 {
 	char buf[19];
 	int i = 18;
@@ -111,7 +101,7 @@ static void put_hex(u64 v)
 /* ------------------------------------------------------------------ */
 /* Leaving the VM                                                     */
 
-static void __attribute__((noreturn)) spin(void)
+void __attribute__((noreturn)) spin(void)
 {
 	for (;;)
 		cpu_relax();
@@ -125,7 +115,7 @@ static void __attribute__((noreturn)) reset(void)
 	spin();
 }
 
-static void __attribute__((noreturn)) exit_vm(u8 code)
+void __attribute__((noreturn)) exit_vm(u8 code)
 {
 	outb(PORT_EXIT, code);
 	/* The exit device should never return; the fallback keeps a broken
@@ -150,7 +140,7 @@ struct region { u64 addr, size; u32 type; };
 
 static struct region regions[MAX_REGIONS];
 static int nregions;
-static char cmdline[CMDLINE_MAX];
+char cmdline[CMDLINE_MAX];
 
 static void add_region(u64 addr, u64 size, u32 type)
 {
@@ -340,6 +330,11 @@ static int paging_init(void)
 	return 0;
 }
 
+int probe_map_mmio(void)
+{
+	return pml4 ? 0 : paging_init();
+}
+
 /* Adds the pages the touch test needs; only not-present entries change,
  * so no TLB flush is needed. */
 static int map_ram_ends(void)
@@ -392,7 +387,7 @@ static int touch_ram(void)
 /* Command line                                                       */
 
 /* Returns a pointer to the value of the last "key=value" token, or 0. */
-static const char *cmdline_get(const char *key)
+const char *cmdline_get(const char *key)
 {
 	const char *found = 0;
 	for (const char *p = cmdline; *p;) {
@@ -410,7 +405,7 @@ static const char *cmdline_get(const char *key)
 }
 
 /* Parses a decimal number ending at a space or NUL; -1 if malformed. */
-static long long parse_num(const char *s)
+long long parse_num(const char *s)
 {
 	long long v = 0;
 	if (!s || *s < '0' || *s > '9')
@@ -420,7 +415,7 @@ static long long parse_num(const char *s)
 	return (*s == 0 || *s == ' ') ? v : -1;
 }
 
-static int word_is(const char *s, const char *w)
+int word_is(const char *s, const char *w)
 {
 	while (*w && *s == *w)
 		s++, w++;
@@ -516,6 +511,7 @@ static void __attribute__((noreturn)) run_action(void)
 		action_mmio();
 	if (word_is(a, "print-lots") && a[10] == ':')
 		action_print_lots(a + 11);
+	virtio_action(a);  /* returns only if `a` is none of its actions */
 	puts("probe: FAIL unknown probe.action\n");
 	exit_vm(1);
 }

@@ -1,3 +1,3 @@
+pub mod images;
 pub mod probes;
 pub mod testhost;
-pub mod images;

@@ -30,6 +30,8 @@ pub(super) enum TxDrop {
     WriteOnly,
     #[error("one of its descriptors lies outside guest memory")]
     BadAddress,
+    #[error("its descriptors loop or run past the queue size")]
+    BrokenLink,
 }
 
 /// A queue problem that makes the device unusable until the driver resets it.
@@ -52,9 +54,12 @@ pub(super) fn read_tx_frame(
     buf: &mut [u8],
 ) -> Result<usize, TxDrop> {
     let mut len = 0usize;
-    // The chain iterator stops at the queue size (or indirect table size),
-    // so a looping chain ends too.
+    // The chain iterator stops at the queue size (or indirect table size)
+    // without an error, so a looping chain ends too; its last descriptor
+    // then still points onwards, which no well-formed chain does.
+    let mut still_linked = false;
     for desc in chain {
+        still_linked = desc.has_next();
         if desc.is_write_only() {
             return Err(TxDrop::WriteOnly);
         }
@@ -66,6 +71,9 @@ pub(super) fn read_tx_frame(
         mem.read_slice(&mut buf[len..end], desc.addr())
             .map_err(|_| TxDrop::BadAddress)?;
         len = end;
+    }
+    if still_linked {
+        return Err(TxDrop::BrokenLink);
     }
     if len < VNET_HDR_LEN + MIN_FRAME_LEN {
         return Err(TxDrop::TooShort);

@@ -1,0 +1,4 @@
+//! Appliance networking end to end: virtio-net driven by the probe guest on the local KVM.
+#[path = "appliance_net/local.rs"]
+mod local;
+mod support;
