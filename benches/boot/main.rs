@@ -279,7 +279,10 @@ fn linux_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
         "Linux guest to init (boot timer, quiet) in the emulated test host",
         "ms",
     );
-    let mut to_exit = Row::new("Linux guest: herd start to exit, in the emulated test host", "ms");
+    let mut to_exit = Row::new(
+        "Linux guest: herd start to exit, in the emulated test host",
+        "ms",
+    );
     for i in 1..=BOOTS {
         let run = result
             .run(&format!("boot{i}"))
