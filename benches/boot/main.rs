@@ -308,6 +308,55 @@ fn linux_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
+/// TCP throughput host to guest inside the test host: the guest fetches a
+/// file from busybox httpd on the test host over virtio-net, bridge and
+/// TAP. A relative figure (everything runs under software emulation).
+fn tcp_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
+    const RUNS: usize = 3;
+    const MIB: u32 = 32;
+    let kernel = images::image_dir("kernel")?;
+    let base = images::image_dir("base")?;
+    let script = format!(
+        r#"herd net create br0 --subnet 10.77.0.1/24
+mkdir -p /www && dd if=/dev/zero of=/www/big bs=1M count={MIB} 2>/dev/null
+httpd -p 10.77.0.1:8080 -h /www
+for i in $(seq 1 {RUNS}); do
+run_guest tcp$i run --mem 256 --kernel /guest/vmlinux --initrd /guest/initrd.cpio.gz   --net tap=tap0,bridge=br0 --cmdline 'quiet ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off   herd.run="t0=$(cut -d\  -f1 /proc/uptime); wget -q -O /dev/null http://10.77.0.1:8080/big &&   t1=$(cut -d\  -f1 /proc/uptime) && echo herd-bench: fetched in $t0 $t1"'
+done"#
+    );
+    let result = testhost::Scenario::new("bench_tcp", &script)
+        .herd(&probes::herd_bin())
+        .file(&kernel.join("vmlinux"), "vmlinux")
+        .file(&base.join("initrd.cpio.gz"), "initrd.cpio.gz")
+        .timeout(std::time::Duration::from_secs(900))
+        .run();
+    let mut row = Row::new(
+        "TCP host -> guest (wget from test-host httpd), emulated test host",
+        "MiB/s",
+    );
+    for i in 1..=RUNS {
+        let run = result
+            .run(&format!("tcp{i}"))
+            .ok_or_else(|| format!("tcp{i} did not run:\n{}", result.output()))?;
+        let line = run
+            .find("herd-bench: fetched in")
+            .ok_or_else(|| format!("tcp{i}: no result line:\n{}", result.output()))?;
+        let times: Vec<f64> = line
+            .split("fetched in")
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        match times[..] {
+            [t0, t1] if t1 > t0 => row.samples.push(f64::from(MIB) / (t1 - t0)),
+            _ => return Err(format!("tcp{i}: cannot parse {line:?}")),
+        }
+    }
+    rows.push(row);
+    Ok(())
+}
+
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "| measurement | unit | median | min | max | runs |\n|---|---|---:|---:|---:|---:|\n",
@@ -383,12 +432,13 @@ fn main() {
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
     type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("boot path", &|r| boot_path(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),
         ("100 at once", &|r| many_at_once(&kernel, 100, r)),
         ("Linux in the test host", &linux_in_test_host),
+        ("TCP in the test host", &tcp_in_test_host),
     ];
     // HERD_BENCH_ONLY=substring runs only the matching steps.
     let only = std::env::var("HERD_BENCH_ONLY").unwrap_or_default();

@@ -379,6 +379,18 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_gives_up_is_reported_until_reset() {
+        let (mut t, _) = setup();
+        t.interrupt.signal_needs_reset();
+        assert_ne!(r(&mut t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, 0x60) & INT_CONFIG_CHANGE, 0);
+        assert!(t.needs_reset());
+        w(&mut t, 0x70, 0);
+        assert_eq!(r(&mut t, 0x70), 0);
+        assert!(!t.needs_reset());
+    }
+
+    #[test]
     fn hostile_register_accesses_are_ignored() {
         let (mut t, _) = setup();
         w(&mut t, 0x30, u32::MAX);
