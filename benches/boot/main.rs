@@ -313,7 +313,7 @@ fn linux_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
 /// TAP. A relative figure (everything runs under software emulation).
 fn tcp_in_test_host(rows: &mut Vec<Row>) -> Result<(), String> {
     const RUNS: usize = 3;
-    const MIB: u32 = 32;
+    const MIB: u32 = 64;
     let kernel = images::image_dir("kernel")?;
     let base = images::image_dir("base")?;
     let script = format!(
