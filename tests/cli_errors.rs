@@ -6,7 +6,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::probes::{herd_bin, kvm_available, probe_path};
+use support::herd_run::kvm_present;
+use support::probes::{herd_bin, probe_path};
 
 fn herd(args: &[&str]) -> Output {
     Command::new(herd_bin())
@@ -45,11 +46,6 @@ fn assert_clean_failure(out: &Output, status: i32, expect: &[&str]) {
             errors[0]
         );
     }
-}
-
-fn skip_notice() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| eprintln!("SKIP: /dev/kvm absent — cli_errors KVM cases did not run"));
 }
 
 /// A real kernel for the cases where only one argument is wrong. Any valid
@@ -106,8 +102,7 @@ fn zero_and_absurd_memory() {
 
 #[test]
 fn memory_the_host_cannot_map() {
-    if !kvm_available() {
-        skip_notice();
+    if !kvm_present("cli_errors") {
         return;
     }
     // Within herd's limit, beyond what KVM or the host will map.
@@ -149,7 +144,7 @@ fn bad_console() {
         "--console",
         "file:/nonexistent/dir/console.log",
     ]);
-    if kvm_available() {
+    if kvm_present("cli_errors") {
         assert_clean_failure(&out, 2, &["/nonexistent/dir/console.log"]);
     }
 }

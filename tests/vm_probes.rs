@@ -9,59 +9,21 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::Once;
-use std::thread;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::probes::{herd_bin, kvm_available, probe_path};
+use support::herd_run::{self, drain, wait_until, watch_lines, Run};
+use support::probes::{herd_bin, probe_path};
 
 /// A hung VMM must fail its test, not hang the suite.
 const TIMEOUT: Duration = Duration::from_secs(20);
 const LINUX64: &str = "probe-linux64.elf";
 const PVH: &str = "probe-pvh.elf";
 
-/// False (after one loud line per test binary) only when /dev/kvm is absent.
-/// If it exists the tests must run, so an unusable one is a failure.
+/// False (after one loud SKIP line) only when /dev/kvm is absent.
 fn kvm_present() -> bool {
-    static SKIP_NOTICE: Once = Once::new();
-    if !Path::new("/dev/kvm").exists() {
-        SKIP_NOTICE.call_once(|| {
-            // Straight to fd 2: the test harness captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: /dev/kvm absent — VM tests in vm_probes did not run"
-            );
-        });
-        return false;
-    }
-    assert!(
-        kvm_available(),
-        "/dev/kvm exists but cannot be opened read-write"
-    );
-    true
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    fn dump(&self) -> String {
-        format!(
-            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
+    herd_run::kvm_present("vm_probes")
 }
 
 /// `herd run --kernel <probe> --cmdline <cmdline> <extra…>` with piped output.
@@ -79,47 +41,9 @@ fn herd_cmd(probe: &str, cmdline: &str, extra: &[&str]) -> Command {
     cmd
 }
 
-/// Drains a pipe on its own thread so a chatty guest cannot block herd.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Waits for the child until `deadline`; kills it and returns None on timeout.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        match child.try_wait().expect("try_wait on herd") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    }
-}
-
 fn run(probe: &str, cmdline: &str, extra: &[&str]) -> Run {
-    let mut child = herd_cmd(probe, cmdline, extra).spawn().expect("spawn herd");
-    let out = drain(child.stdout.take().expect("stdout"));
-    let err = drain(child.stderr.take().expect("stderr"));
-    let status = wait_until(&mut child, Instant::now() + TIMEOUT);
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    match status {
-        Some(status) => Run {
-            status,
-            stdout,
-            stderr,
-        },
-        None => panic!(
-            "herd ({probe}, cmdline {cmdline:?}, {extra:?}) still running after {TIMEOUT:?}; \
-             killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-        ),
-    }
+    let what = format!("herd ({probe}, cmdline {cmdline:?}, {extra:?})");
+    herd_run::run_with_timeout(herd_cmd(probe, cmdline, extra), TIMEOUT, &what)
 }
 
 #[derive(Debug, PartialEq)]
@@ -134,9 +58,7 @@ struct Summary {
 /// Parses the probe's summary line out of everything the guest printed.
 fn summary(run: &Run) -> Summary {
     let line = run
-        .stdout
         .lines()
-        .map(|l| l.trim_end_matches('\r'))
         .find(|l| l.starts_with("probe: entry="))
         .unwrap_or_else(|| panic!("no probe summary line\n{}", run.dump()));
     let (head, quoted) = line
@@ -364,19 +286,8 @@ fn sigterm_stops_a_spinning_guest_quickly() {
         .expect("spawn herd");
     let err = drain(child.stderr.take().expect("stderr"));
     // Read stdout line by line until the guest is spinning.
-    let (tx, rx) = mpsc::channel();
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let reader = thread::spawn(move || {
-        let mut seen = String::new();
-        for line in stdout.lines() {
-            let Ok(line) = line else { break };
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.starts_with("probe: spinning") {
-                let _ = tx.send(());
-            }
-        }
-        seen
+    let (rx, reader) = watch_lines(child.stdout.take().expect("stdout"), |l| {
+        l.starts_with("probe: spinning")
     });
     if rx.recv_timeout(TIMEOUT).is_err() {
         let _ = child.kill();

@@ -5,14 +5,13 @@
 //! byte-for-byte unchanged, a writable image is locked to one VM, bad paths
 //! are clear errors, and hostile descriptor chains stop the device, not herd.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Once};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::probes::{herd_bin, kvm_available, probe_path};
+use crate::support::herd_run::{self, drain, wait_until, watch_lines, ChildGuard, Run};
+use crate::support::probes::{herd_bin, probe_path};
 
 /// A hung VMM must fail its test, not hang the suite.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,48 +21,12 @@ const SECTOR: usize = 512;
 /// missing disk is.
 const EXIT_BAD_INPUT: i32 = 2;
 
-/// False (after one loud line per test binary) only when /dev/kvm is absent.
+/// False (after one loud SKIP line) only when /dev/kvm is absent.
 fn kvm_present() -> bool {
-    static SKIP_NOTICE: Once = Once::new();
-    if !Path::new("/dev/kvm").exists() {
-        SKIP_NOTICE.call_once(|| {
-            // Straight to fd 2: the test harness captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: /dev/kvm absent — VM tests in appliance_disks::local did not run"
-            );
-        });
-        return false;
-    }
-    assert!(
-        kvm_available(),
-        "/dev/kvm exists but cannot be opened read-write"
-    );
-    true
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+    herd_run::kvm_present("appliance_disks::local")
 }
 
 impl Run {
-    fn dump(&self) -> String {
-        format!(
-            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-
-    fn lines(&self) -> impl Iterator<Item = &str> {
-        self.stdout.lines().map(|l| l.trim_end_matches('\r'))
-    }
-
-    fn has_line(&self, want: &str) -> bool {
-        self.lines().any(|l| l == want)
-    }
-
     /// Exit status 0, "probe: <ok>" printed, no FAIL/WARN line, no panic.
     fn assert_ok(&self, ok: &str) {
         assert_eq!(self.status.code(), Some(0), "{}", self.dump());
@@ -81,19 +44,6 @@ impl Run {
     }
 }
 
-/// Kills and reaps the child if it is still running when dropped, so a
-/// failed assertion never leaves a spinning VM behind.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// `herd run --kernel <probe> --mem 64 --cmdline <cmdline> <args…>`.
 fn herd_cmd(cmdline: &str, args: &[String]) -> Command {
     let mut cmd = Command::new(herd_bin());
@@ -108,47 +58,9 @@ fn herd_cmd(cmdline: &str, args: &[String]) -> Command {
     cmd
 }
 
-/// Drains a pipe on its own thread so a chatty guest cannot block herd.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Waits for the child until `deadline`; kills it and returns None on timeout.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        match child.try_wait().expect("try_wait on herd") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    }
-}
-
 fn run(cmdline: &str, args: &[String]) -> Run {
-    let mut child = herd_cmd(cmdline, args).spawn().expect("spawn herd");
-    let out = drain(child.stdout.take().expect("stdout"));
-    let err = drain(child.stderr.take().expect("stderr"));
-    let status = wait_until(&mut child, Instant::now() + TIMEOUT);
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    match status {
-        Some(status) => Run {
-            status,
-            stdout,
-            stderr,
-        },
-        None => panic!(
-            "herd (cmdline {cmdline:?}, {args:?}) still running after {TIMEOUT:?}; killed\n\
-             --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-        ),
-    }
+    let what = format!("herd (cmdline {cmdline:?}, {args:?})");
+    herd_run::run_with_timeout(herd_cmd(cmdline, args), TIMEOUT, &what)
 }
 
 /// A fresh directory for one test's images.
@@ -327,19 +239,8 @@ fn hostile_chains_stop_the_device_until_reset_but_not_herd() {
 /// Waits for `probe: spinning` on a running herd's stdout, returning a
 /// reader thread that collects everything it printed.
 fn wait_spinning(child: &mut Child) -> thread::JoinHandle<String> {
-    let (tx, rx) = mpsc::channel();
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let reader = thread::spawn(move || {
-        let mut seen = String::new();
-        for line in stdout.lines() {
-            let Ok(line) = line else { break };
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.starts_with("probe: spinning") {
-                let _ = tx.send(());
-            }
-        }
-        seen
+    let (rx, reader) = watch_lines(child.stdout.take().expect("stdout"), |l| {
+        l.starts_with("probe: spinning")
     });
     if rx.recv_timeout(TIMEOUT).is_err() {
         let _ = child.kill();

@@ -10,14 +10,16 @@
 //! also when a test fails.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, OnceLock};
-use std::thread;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::support::herd_run::{
+    drain, output_within, skip_notice, wait_until, watch_lines, ChildGuard, Run,
+};
 use crate::support::probes::{herd_bin, kvm_available, probe_path};
 
 /// Every child (herd, ip, the responder) is killed after this.
@@ -85,11 +87,7 @@ fn skip_reason() -> Option<&'static str> {
             None
         };
         if let Some(why) = &reason {
-            // Straight to fd 2: the test harness captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: {why} — VM network tests in appliance_net::local did not run"
-            );
+            skip_notice(why, "VM network tests in appliance_net::local");
         } else {
             assert!(
                 kvm_available(),
@@ -101,81 +99,9 @@ fn skip_reason() -> Option<&'static str> {
     reason.as_deref()
 }
 
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn dump(&self) -> String {
-        format!(
-            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-
-    fn lines(&self) -> impl Iterator<Item = &str> {
-        self.stdout.lines().map(|l| l.trim_end_matches('\r'))
-    }
-
-    fn has_line(&self, want: &str) -> bool {
-        self.lines().any(|l| l == want)
-    }
-}
-
-/// Kills and reaps the child if it is still running when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Waits for the child until `deadline`; kills it and returns None on timeout.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
 /// Runs `cmd` to completion within TIMEOUT; None if it had to be killed.
 fn output(cmd: &mut Command) -> Option<Run> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let out = drain(child.stdout.take().expect("stdout"));
-    let err = drain(child.stderr.take().expect("stderr"));
-    let status = wait_until(&mut child, Instant::now() + TIMEOUT);
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    status.map(|status| Run {
-        status,
-        stdout,
-        stderr,
-    })
+    output_within(cmd, TIMEOUT)
 }
 
 fn checked(cmd: &mut Command) {
@@ -263,20 +189,7 @@ fn exchange(ns: &Netns, cmdline: &str, herd_args: &[&str], pong_len: usize) -> (
         .stderr(Stdio::piped());
     let mut responder = ChildGuard(responder.spawn().expect("spawn python3 responder"));
     let err = drain(responder.0.stderr.take().expect("stderr"));
-    let (tx, rx) = mpsc::channel();
-    let stdout = BufReader::new(responder.0.stdout.take().expect("stdout"));
-    let reader = thread::spawn(move || {
-        let mut log = String::new();
-        for line in stdout.lines() {
-            let Ok(line) = line else { break };
-            if line == "ready" {
-                let _ = tx.send(());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
+    let (rx, reader) = watch_lines(responder.0.stdout.take().expect("stdout"), |l| l == "ready");
     if rx.recv_timeout(TIMEOUT).is_err() {
         drop(responder);
         panic!(

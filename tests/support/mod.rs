@@ -1,3 +1,4 @@
+pub mod herd_run;
 pub mod images;
 pub mod probes;
 pub mod testhost;
