@@ -1,6 +1,7 @@
 //! `herd`: run small single-purpose server appliances as KVM microVMs.
 
 mod disk;
+mod emulated_host;
 mod exit_status;
 mod net_setup;
 mod terminal;
@@ -41,6 +42,9 @@ enum Command {
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
+    /// Run a shell script inside herd's emulated test host, with herd on
+    /// PATH (see `herd run --emulated-host`); for CI and demos.
+    EmulatedHost(emulated_host::ScriptArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,13 +125,20 @@ struct RunArgs {
     /// Log level for herd's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
+    /// Run the VM inside herd's emulated test host (QEMU software emulation
+    /// with nested KVM): for machines whose KVM cannot run Linux guests;
+    /// slow, meant for CI and demos.
+    #[arg(long)]
+    emulated_host: bool,
 }
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) if args.emulated_host => ExitCode::from(emulated_host::run(&args)),
         Command::Run(args) => ExitCode::from(run(*args, process_start)),
+        Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),
         Command::Disk(DiskCommand::Create { from, size, out }) => {

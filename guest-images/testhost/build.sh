@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the herd test host: Debian's cloud kernel (+ irqbypass, kvm, kvm-amd
-# modules) and a base initramfs (static busybox + /init), for running herd
-# under QEMU TCG with an emulated AMD-V CPU. See tests/support/testhost.rs.
+# Builds the herd test host: Debian's cloud kernel (+ the KVM, virtio-blk,
+# tun and bridge modules) and a base initramfs (static busybox + /init), for
+# running herd under QEMU TCG with an emulated AMD-V CPU. Used by the tests
+# (tests/support/testhost.rs) and by `herd run --emulated-host` / `herd
+# emulated-host` (src/emulated_host/).
 #
 # Output: the cache directory, as the LAST line of stdout; everything else
 # goes to stderr. The directory holds:
@@ -100,7 +102,16 @@ mknod -m 600 "$rfs/dev/console" c 5 1 2>/dev/null || true
 
 cp pkg/boot/vmlinuz-* "$work/vmlinuz"
 moddir=$(echo pkg/lib/modules/*)
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+# KVM; virtio-pci + virtio-blk for disks QEMU attaches (`herd run
+# --emulated-host` passes images as drives; Debian's cloud kernel has them as
+# modules); tun + bridge for guest networks inside the test host. /init
+# loads them in this order (dependencies first).
+modules="virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd
+	drivers/virtio/virtio_ring drivers/virtio/virtio
+	drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci_modern_dev
+	drivers/virtio/virtio_pci drivers/block/virtio_blk
+	drivers/net/tun net/llc/llc net/802/stp net/bridge/bridge"
+for m in $modules; do
 	name=$(basename "$m")
 	src=
 	for f in "$moddir/kernel/$m".ko*; do [ -e "$f" ] && src=$f && break; done
