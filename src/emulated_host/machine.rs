@@ -19,6 +19,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -176,7 +177,17 @@ pub fn execute(host: &Path, job: Job) -> Result<Option<Outcome>, EmulatedHostErr
     let args = qemu_args(host, &initrd, &sock, &job, mem);
     log::debug!("qemu-system-x86_64 {args:?}");
     signals::install();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent: if herd dies (even by SIGKILL) the emulated
+    // host goes with it.
+    unsafe {
+        qemu.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = qemu
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -21,6 +21,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -220,7 +221,17 @@ impl Scenario {
 
     fn boot(&self, host: &TestHost, initrd: &Path) -> ScenarioResult {
         let start = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut qemu = Command::new("qemu-system-x86_64");
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+        // memory of the parent; a test process that dies (killed, timed out)
+        // then takes its emulated host with it instead of leaving it spinning.
+        unsafe {
+            qemu.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = qemu
             .args(qemu_args(host, initrd, self.mem_mib, self.cpus))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
