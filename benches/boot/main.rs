@@ -123,7 +123,10 @@ fn stop(child: &mut Child) {
 fn boot_path(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
     let report = std::env::temp_dir().join(format!("herd-bench-{}.json", std::process::id()));
     let mut first = Row::new("herd: spawn -> first serial byte", "ms");
-    let mut exit = Row::new("herd: spawn -> exit after guest reset", "ms");
+    let mut exit = Row::new(
+        "herd: spawn -> exit (probe prints a line, parses its boot data and command line, resets; guest code is emulated here)",
+        "ms",
+    );
     let mut floor_first = Row::new("floor: spawn -> first port write", "ms");
     let mut floor_exit = Row::new("floor: spawn -> exit", "ms");
     let mut phases: Vec<Row> = Vec::new();
