@@ -356,9 +356,42 @@ fn setup() -> Result<Suite, String> {
     sc = sc.file(&fresh, "fresh.img");
     sc.mem_mib = 3072;
     Ok(Suite {
-        result: sc.run(),
+        result: run_scenario(&sc),
         outer_sha,
     })
+}
+
+/// Why a scenario run says nothing about herd: the emulated test host
+/// itself failed. Under QEMU TCG's nested SVM, guests with a NIC running
+/// side by side now and then triple-fault without any kernel message, even
+/// before their virtio devices are probed (about 1 in 10 such guests; never
+/// seen in 50+ guests without a NIC), and once the test host's own KVM
+/// overflowed its kernel stack (a test-host line, unlike a guest's panic).
+fn emulation_flake(res: &ScenarioResult) -> Option<&str> {
+    res.lines
+        .iter()
+        .find(|l| {
+            l.contains("guest crashed: vCPU 0: triple fault")
+                || (!l.starts_with("[guest] ")
+                    && (l.contains("Kernel panic - not syncing")
+                        || l.contains("BUG: TASK stack guard page")))
+        })
+        .map(String::as_str)
+}
+
+/// Runs `sc`, and once more if the emulated test host flaked (said loudly:
+/// a flake twice in a row, or a real triple fault, still fails the tests).
+fn run_scenario(sc: &Scenario) -> ScenarioResult {
+    let first = sc.run();
+    match emulation_flake(&first) {
+        Some(why) => {
+            eprintln!(
+                "appliance_disks: RETRY: the emulated test host flaked ({why}); running the scenario once more"
+            );
+            sc.run()
+        }
+        None => first,
+    }
 }
 
 fn suite() -> &'static Suite {
