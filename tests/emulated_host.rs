@@ -4,94 +4,38 @@
 //! /dev/kvm. Nothing here skips: a missing piece fails every test with the
 //! reason.
 
+mod support;
+
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use support::herd_run::{run_with_timeout, Run};
 
 /// One test-host run (boot + guest) takes ~10-20 s on a small machine.
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-struct Output {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn explain(&self) -> String {
-        format!(
-            "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs herd with `args`, killing it (SIGTERM, which also stops its QEMU)
-/// after TIMEOUT. Runs are serialized: two TCG machines at once on a small
-/// box only make both slow.
-fn herd(args: &[&str]) -> Output {
+/// Runs herd with `args`, killed after TIMEOUT (its emulated host dies with
+/// it). Runs are serialized: two TCG machines at once on a small box only
+/// make both slow.
+fn herd(args: &[&str]) -> Run {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start herd");
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for herd") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let pid = i32::try_from(child.id()).expect("pid fits i32");
-            // SAFETY: kill(2) with a pid we own and a signal number.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let status = child.wait().expect("wait for herd");
-            panic!(
-                "herd {args:?} did not finish within {TIMEOUT:?} ({status}); stderr:\n{}",
-                err.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = Output {
-        status: status.code(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    };
-    eprintln!("herd {args:?}: {}", output.explain());
-    output
+        .stderr(Stdio::piped());
+    let run = run_with_timeout(cmd, TIMEOUT, &format!("herd {args:?}"));
+    eprintln!("herd {args:?}: {}", run.dump());
+    run
 }
 
-/// The cache dir printed last by guest-images/NAME/build.sh.
+/// The cache dir of guest-images/NAME, built if needed.
 fn image_dir(name: &str) -> PathBuf {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guest-images/{name}/build.sh"));
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().unwrap_or("").trim())
+    support::images::image_dir(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A fresh scratch directory for one test.
@@ -127,9 +71,9 @@ fn guest_output_and_exit_status_come_back() {
     assert!(
         out.stdout.lines().any(|l| l.trim_end() == "hello-emulated"),
         "the guest's line is not on stdout: {}",
-        out.explain()
+        out.dump()
     );
-    assert_eq!(out.status, Some(5), "{}", out.explain());
+    assert_eq!(out.code(), Some(5), "{}", out.dump());
     let report = fs::read_to_string(&report).expect("boot report written outside");
     let json: serde_json::Value = serde_json::from_str(&report).expect("boot report is JSON");
     assert_eq!(json["exit_status"], 5, "{report}");
@@ -169,18 +113,18 @@ fn disks_are_attached_in_place() {
          echo written-by-guest | dd of=/dev/vdb conv=fsync; \
          echo x | dd of=/dev/vdc conv=fsync; exit 0\"",
     ]);
-    assert_eq!(out.status, Some(0), "{}", out.explain());
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
     assert!(
         out.stdout.contains("serial=web1"),
         "the disk's serial is not its file name's stem: {}",
-        out.explain()
+        out.dump()
     );
     let written = fs::read(&data).expect("read data disk");
     assert!(
         written.starts_with(b"written-by-guest\n"),
         "the guest's write did not reach {}: {}",
         data.display(),
-        out.explain()
+        out.dump()
     );
     assert!(
         fs::read(&ro).expect("read ro") == ro_content,
@@ -222,13 +166,13 @@ fn scripts_run_with_herd_files_and_drives() {
         "one",
         "two",
     ]);
-    assert_eq!(out.status, Some(7), "{}", out.explain());
+    assert_eq!(out.code(), Some(7), "{}", out.dump());
     for line in ["args: one two", "hello from outside", "herd "] {
-        assert!(out.stdout.contains(line), "no {line:?}: {}", out.explain());
+        assert!(out.stdout.contains(line), "no {line:?}: {}", out.dump());
     }
-    assert!(out.stderr.lines().any(|l| l == "oops"), "{}", out.explain());
+    assert!(out.stderr.lines().any(|l| l == "oops"), "{}", out.dump());
     assert!(!out.stdout.contains("oops"), "stderr leaked to stdout");
     let written = fs::read(&drive).expect("read drive");
-    assert!(written.starts_with(b"to-the-drive\n"), "{}", out.explain());
+    assert!(written.starts_with(b"to-the-drive\n"), "{}", out.dump());
     let _ = fs::remove_dir_all(&dir);
 }

@@ -4,6 +4,7 @@
 //! ask the VM to stop; the first reason recorded wins, later ones are only
 //! logged, so the exit status reflects what actually ended the guest.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -33,6 +34,8 @@ pub struct VmStop {
 
 #[derive(Debug)]
 struct StopInner {
+    /// Checked by every vCPU before every KVM_RUN: a plain load, no lock.
+    requested: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     evt: EventFd,
 }
@@ -41,6 +44,7 @@ impl VmStop {
     pub fn new() -> std::io::Result<Self> {
         Ok(VmStop {
             inner: Arc::new(StopInner {
+                requested: AtomicBool::new(false),
                 reason: Mutex::new(None),
                 evt: EventFd::new(libc::EFD_NONBLOCK)?,
             }),
@@ -57,7 +61,10 @@ impl VmStop {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match slot.as_ref() {
-                None => *slot = Some(reason),
+                None => {
+                    *slot = Some(reason);
+                    self.inner.requested.store(true, Ordering::Release);
+                }
                 Some(first) => {
                     log::debug!("stop already requested ({first:?}); ignoring {reason:?}");
                 }
@@ -78,7 +85,7 @@ impl VmStop {
     }
 
     pub fn is_requested(&self) -> bool {
-        self.reason().is_some()
+        self.inner.requested.load(Ordering::Acquire)
     }
 
     /// The eventfd the event loop polls.
