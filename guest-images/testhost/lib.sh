@@ -32,3 +32,50 @@ run_guest() {
 	echo "testhost: end $_name exit=$_grc uptime=$(cut -d' ' -f1 /proc/uptime)"
 	return $_grc
 }
+
+# Background guests, for scenarios that watch a guest while it runs.
+# `bg_guest NAME OUT CMD…` is `run_guest` for a guest in the background:
+# herd's output goes straight to the file OUT (run_guest's `sed` prefixing
+# would hold it in its buffer, so the scenario could not watch it), and
+# `show NAME OUT` later prints it exactly as run_guest would have.
+# Every herd runs pinned to one test-host CPU (CPU=N for bg_guest; the
+# scenario shell, and so run_guest, on CPU 0): under the emulated test host
+# (QEMU TCG's nested SVM) guests then failed less often (see emulation_flake).
+taskset -pc 0 $$ >/dev/null
+up() { cut -d' ' -f1 /proc/uptime; }
+# wait_for FILE TEXT SECONDS: until FILE (a bg_guest's output) has TEXT;
+# fails after SECONDS or once that guest's herd has exited without it
+wait_for() {
+	_t0=$(date +%s)
+	while ! grep -q "$2" "$1" 2>/dev/null; do
+		[ -e "$1.end" ] && ! grep -q "$2" "$1" && return 1
+		[ $(($(date +%s) - _t0)) -ge "$3" ] && return 1
+		sleep 0.5
+	done
+}
+# herd_pids TEXT: PIDs of running `herd run` processes whose command line has TEXT
+herd_pids() {
+	for _p in /proc/[0-9]*; do
+		_c=$({ tr '\0' ' ' <"$_p/cmdline"; } 2>/dev/null)
+		case "$_c" in "herd run "*"$1"*) echo "${_p#/proc/}" ;; esac
+	done
+}
+bg_guest() {
+	_name=$1 _out=$2
+	shift 2
+	up >"$_out.begin"
+	_t0=$(date +%s)
+	timeout -s TERM "$HERD_TIMEOUT" taskset -c "${CPU:-0}" "$@" >"$_out" 2>&1
+	_rc=$?
+	[ $(($(date +%s) - _t0)) -ge "$HERD_TIMEOUT" ] && : >"$_out.timedout"
+	echo "$_rc $(up)" >"$_out.end"
+}
+show() {
+	echo "testhost: begin $1 uptime=$(cat "$2.begin")"
+	sed 's/^/[guest] /' "$2"
+	[ -e "$2.timedout" ] && echo "testhost: guest timed out after $HERD_TIMEOUT s"
+	read -r _rc _up <"$2.end"
+	echo "testhost: end $1 exit=$_rc uptime=$_up"
+}
+# release FIFO: a line on that guest's console (opened read-write: never blocks)
+release() { echo go 1<>"$1"; }
