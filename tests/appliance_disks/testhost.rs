@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::images::image_dir;
+use crate::support::staging::{check, disk_create, write, TempDir};
 use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Guests started at once from the one base image.
@@ -218,36 +219,6 @@ say "base sha256 after $(sha256sum $B | cut -d' ' -f1)"
 exit 0
 "#;
 
-/// Removes the staging directory (personalities, disks, tool) when done.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn check(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// `herd disk create` from a personality with hostname `host`, the guest
 /// script and the raw-write tool.
 fn make_disk(herd: &Path, work: &Path, tool: &Path, host: &str) -> Result<PathBuf, String> {
@@ -256,12 +227,7 @@ fn make_disk(herd: &Path, work: &Path, tool: &Path, host: &str) -> Result<PathBu
     write(&dir.join("data/t.sh"), GUEST_SCRIPT)?;
     fs::copy(tool, dir.join("data/herd-rawwrite")).map_err(|e| format!("copy tool: {e}"))?;
     let img = work.join(format!("{host}.img"));
-    check(Command::new(herd).args(["disk", "create", "--from"]).args([
-        dir.as_os_str(),
-        "--size".as_ref(),
-        DISK_SIZE.as_ref(),
-        img.as_os_str(),
-    ]))?;
+    disk_create(herd, &dir, DISK_SIZE, &img)?;
     Ok(img)
 }
 

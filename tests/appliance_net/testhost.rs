@@ -16,12 +16,13 @@
 //!   power off with status 0.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::images::image_dir;
+use crate::support::staging::{check, disk_create, write, TempDir};
 use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
 
 const DISK_SIZE: &str = "16M";
@@ -298,36 +299,6 @@ say "net rm status=$?"
 exit 0
 "#;
 
-/// Removes the staging directory (personalities, disks, tool) when done.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn check(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -348,16 +319,6 @@ fn personality(
     write(&dir.join("config/hosts"), hosts)?;
     write(&dir.join("config/services"), services)?;
     write(&dir.join("data/net.sh"), NET_SH)
-}
-
-fn disk_create(herd: &Path, from: &Path, img: &Path) -> Result<(), String> {
-    check(Command::new(herd).args(["disk", "create", "--from"]).args([
-        from.as_os_str(),
-        "--size".as_ref(),
-        DISK_SIZE.as_ref(),
-        img.as_os_str(),
-    ]))
-    .map(drop)
 }
 
 struct Suite {
@@ -419,7 +380,7 @@ fn setup() -> Result<Suite, String> {
         .timeout(Duration::from_secs(600));
     for name in ["web", "db", "junk"] {
         let img = work.0.join(format!("{name}.img"));
-        disk_create(herd, &work.0.join(name), &img)?;
+        disk_create(herd, &work.0.join(name), DISK_SIZE, &img)?;
         sc = sc.file(&img, &format!("{name}.img"));
     }
     sc.mem_mib = 2048;
