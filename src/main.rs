@@ -1,5 +1,6 @@
 //! `herd`: run small single-purpose server appliances as KVM microVMs.
 
+mod appliance;
 mod disk;
 mod emulated_host;
 mod exit_status;
@@ -10,7 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vmm::{ConsoleConfig, StopReason, VmConfig};
 
 use crate::exit_status::{
@@ -45,6 +47,8 @@ enum Command {
     /// Run a shell script inside herd's emulated test host, with herd on
     /// PATH (see `herd run --emulated-host`); for CI and demos.
     EmulatedHost(emulated_host::ScriptArgs),
+    #[command(flatten)]
+    Appliance(appliance::ApplianceCommand),
 }
 
 #[derive(Subcommand)]
@@ -87,11 +91,25 @@ enum NetCommand {
 #[derive(Args)]
 struct RunArgs {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
-    #[arg(long, value_name = "PATH")]
+    /// Required unless --config names one.
+    #[arg(long, value_name = "PATH", default_value_os_t = PathBuf::new(), hide_default_value = true)]
     kernel: PathBuf,
-    /// Appliance name, used in logs and for the default MAC address.
+    /// Appliance name: logs, the default MAC address, and a runtime
+    /// directory with a control socket (`herd ps/stop/logs/console NAME`).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Return once the VM runs, leaving it running in the background
+    /// (needs --name; its console goes to `herd logs`/`herd console`).
+    #[arg(long, requires = "name")]
+    detach: bool,
+    /// Appliance file (TOML: kernel, initrd, root, disks, nets, mem, cpus,
+    /// cmdline, stop_timeout); flags given as well win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Seconds SIGTERM/SIGINT (and Ctrl-] on a terminal) give the guest to
+    /// power off before it is forced off.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    stop_timeout: f64,
     /// Shared read-only root image (erofs or ext4), attached as /dev/vda with
     /// root= set for you. Any number of VMs can share one image.
     #[arg(long, value_name = "IMAGE")]
@@ -116,7 +134,9 @@ struct RunArgs {
     /// Number of vCPUs (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
-    /// Where the guest's serial console goes: stdio, none or file:PATH.
+    /// Where the guest's serial console goes: stdio, none, file:PATH, or log
+    /// (the runtime directory's rotated console.log; needs --name). On a
+    /// terminal, Ctrl-] stops the VM (gracefully; twice: at once).
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     console: String,
     /// Write boot and teardown timings as JSON to FILE when the VM stops.
@@ -134,10 +154,34 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Which `run` flags were typed (an appliance file fills the others).
+    let run_matches = matches.subcommand_matches("run");
+    let given = |id: &str| {
+        run_matches
+            .is_some_and(|m: &ArgMatches| m.value_source(id) == Some(ValueSource::CommandLine))
+    };
     match cli.command {
-        Command::Run(args) if args.emulated_host => ExitCode::from(emulated_host::run(&args)),
-        Command::Run(args) => ExitCode::from(run(*args, process_start)),
+        Command::Appliance(cmd) => {
+            init_logging(log::LevelFilter::Warn);
+            ExitCode::from(appliance::run(cmd))
+        }
+        Command::Run(mut args) => {
+            if let Some(path) = args.config.clone() {
+                if let Err(e) = apply_appliance_file(&mut args, &path, &given) {
+                    return ExitCode::from(fail(EXIT_BAD_INPUT, e));
+                }
+            }
+            if args.emulated_host {
+                ExitCode::from(emulated_host::run(&args))
+            } else {
+                ExitCode::from(run(*args, process_start))
+            }
+        }
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),
@@ -192,20 +236,98 @@ fn net(cmd: NetCommand) -> u8 {
     }
 }
 
+fn init_logging(level: log::LevelFilter) {
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_target(false)
+        .init();
+}
+
+/// Fills `args` from an appliance file where the command line left them.
+fn apply_appliance_file(
+    args: &mut RunArgs,
+    path: &std::path::Path,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(), appliance::appliance_file::ApplianceFileError> {
+    let file = appliance::appliance_file::ApplianceFile::load(path)?;
+    if !given("kernel") {
+        if let Some(k) = file.kernel {
+            args.kernel = k;
+        }
+    }
+    if !given("initrd") && file.initrd.is_some() {
+        args.initrd = file.initrd;
+    }
+    if !given("root") && file.root.is_some() {
+        args.root = file.root;
+    }
+    if !given("cmdline") && file.cmdline.is_some() {
+        args.cmdline = file.cmdline;
+    }
+    if let (false, Some(mem)) = (given("mem"), file.mem) {
+        args.mem = mem;
+    }
+    if let (false, Some(cpus)) = (given("cpus"), file.cpus) {
+        args.cpus = cpus;
+    }
+    if let (false, Some(t)) = (given("stop_timeout"), file.stop_timeout) {
+        args.stop_timeout = t;
+    }
+    args.disks.splice(0..0, file.disks);
+    args.nets.splice(0..0, file.nets);
+    Ok(())
+}
+
 fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
     eprintln!("herd: error: {message}");
     status
 }
 
 fn run(args: RunArgs, process_start: Instant) -> u8 {
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_target(false)
-        .init();
-    let console: ConsoleConfig = match args.console.parse() {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    init_logging(args.log_level);
+    if args.kernel.as_os_str().is_empty() {
+        return fail(
+            EXIT_BAD_INPUT,
+            "--kernel PATH is required (or --config FILE with a kernel key)",
+        );
+    }
+    if !(0.0..=3600.0).contains(&args.stop_timeout) {
+        return fail(
+            EXIT_BAD_INPUT,
+            format!(
+                "--stop-timeout {} is out of range: use 0 to 3600 seconds",
+                args.stop_timeout
+            ),
+        );
+    }
+    if args.detach {
+        let name = args.name.as_deref().unwrap_or_default();
+        if let Err(e) = appliance::runtime_dir::validate_name(name) {
+            return fail(EXIT_BAD_INPUT, e);
+        }
+        return appliance::detach::launch(name);
+    }
+    let mut named = match args
+        .name
+        .as_deref()
+        .map(appliance::named_run::NamedRun::claim)
+    {
+        None => None,
+        Some(Ok(named)) => Some(named),
+        Some(Err(e)) => return fail(EXIT_BAD_INPUT, e),
     };
+    let console: ConsoleConfig =
+        match (args.console.as_str(), &named) {
+            ("log", Some(named)) => ConsoleConfig::Log(named.console_log()),
+            ("log", None) => return fail(
+                EXIT_BAD_INPUT,
+                "--console log needs --name: the log lives in the appliance's runtime directory",
+            ),
+            (other, _) => match other.parse() {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_BAD_INPUT, e),
+            },
+        };
     let disks = match args.disks.iter().map(|d| d.parse()).collect() {
         Ok(disks) => disks,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
@@ -227,7 +349,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         console,
         boot_report: args.boot_report,
     };
-    let vmm = match vmm::build_vm(&config, process_start) {
+    let mut vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,
         Err(e) => {
             let status = if e.is_user_error() {
@@ -238,10 +360,20 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             return fail(status, e);
         }
     };
+    vmm.set_stop_timeout(std::time::Duration::from_secs_f64(args.stop_timeout));
+    if let Some(named) = &named {
+        if let Err(e) = named.attach(&mut vmm, &config) {
+            return fail(EXIT_HOST_FAILURE, e);
+        }
+    }
     let raw_terminal = (config.console == ConsoleConfig::Stdio)
         .then(terminal::RawTerminal::enable)
         .flatten();
-    let outcome = vmm.run();
+    let outcome = vmm.run_with(|| {
+        if let Some(named) = named.as_mut() {
+            named.started();
+        }
+    });
     drop(raw_terminal);
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -253,16 +385,18 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         StopReason::GuestPowerOff => (EXIT_OK, "guest powered off".to_owned()),
         StopReason::GuestExitCode(code) => (*code, format!("guest exit code {code}")),
         StopReason::Signal(signum) => (EXIT_OK, format!("stopped by signal {signum}")),
+        StopReason::HostRequest(why) => (EXIT_OK, why.clone()),
         StopReason::GuestCrash(why) => (EXIT_GUEST_CRASH, format!("guest crashed: {why}")),
         StopReason::KvmFailure(why) => (EXIT_HOST_FAILURE, format!("KVM failure: {why}")),
     };
+    let report = outcome.report(i32::from(status), description.clone());
     if let Some(path) = &config.boot_report {
-        if let Err(e) = outcome
-            .report(i32::from(status), description.clone())
-            .write(path)
-        {
+        if let Err(e) = report.write(path) {
             log::error!("cannot write boot report {}: {e}", path.display());
         }
+    }
+    if let Some(named) = named {
+        named.finish(&report);
     }
     match &outcome.reason {
         StopReason::GuestCrash(why) if why.contains("KVM_EXIT_INTERNAL_ERROR") => {

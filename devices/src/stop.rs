@@ -20,6 +20,9 @@ pub enum StopReason {
     GuestExitCode(u8),
     /// The host asked us to stop (SIGTERM, SIGINT).
     Signal(i32),
+    /// The host stopped the VM on purpose (control API kill, a graceful
+    /// stop that ran out of time); the text says how.
+    HostRequest(String),
     /// The guest crashed: triple fault, KVM internal error, guest panic event.
     GuestCrash(String),
     /// KVM itself failed (an ioctl error, a failed VM entry).

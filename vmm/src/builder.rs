@@ -8,14 +8,17 @@ use devices::VmStop;
 use kvm_ioctls::Kvm;
 use linux_loader::cmdline::Cmdline;
 
+use crate::api::VmDescription;
 use crate::arch::x86_64::layout::{self, CMDLINE_MAX_SIZE};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::EntryMode;
 use crate::boot::{self, BootError};
 use crate::boot_report::BootTimeline;
 use crate::config::{ConfigError, ConsoleConfig, VmConfig};
-use crate::device_manager::virtio_devices::{self, VirtioDeviceError};
+use crate::control::{BootClock, VmControl, DEFAULT_STOP_TIMEOUT};
+use crate::device_manager::virtio_devices::{self, VirtioDeviceError, VirtioDeviceHandle};
 use crate::device_manager::{self, DeviceError, MmioDeviceManager};
+use crate::metrics::MetricsSources;
 use crate::runtime::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
@@ -156,6 +159,25 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         process_start,
         timeline.build_start,
     )?;
+    let mut metrics = MetricsSources {
+        vcpus: vcpus.iter().map(Vcpu::exit_counters).collect(),
+        guest_ranges: memory::host_ranges(&guest_memory),
+        ..MetricsSources::default()
+    };
+    for handle in &virtio_devices {
+        match handle {
+            VirtioDeviceHandle::Block(b) => {
+                let b = b.lock().unwrap_or_else(|p| p.into_inner());
+                metrics
+                    .blocks
+                    .push((b.path().display().to_string(), b.metrics()));
+            }
+            VirtioDeviceHandle::Net(n) => {
+                let n = n.lock().unwrap_or_else(|p| p.into_inner());
+                metrics.nets.push((n.tap_name().to_owned(), n.metrics()));
+            }
+        }
+    }
     let mut mmio = MmioDeviceManager::new();
     virtio_devices::attach_all(virtio_devices, &mut mmio, &vm_fd, &guest_memory)?;
     timeline.phase_done("devices");
@@ -167,11 +189,23 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         kernel.entry.0
     );
 
+    let first_entry = Arc::new(OnceLock::new());
+    let control = Arc::new(VmControl::new(
+        stop.clone(),
+        legacy.i8042,
+        BootClock {
+            process_start,
+            first_guest_entry: first_entry.clone(),
+            boot_timer: legacy.boot_timer.clone(),
+            ready: legacy.guest_ready,
+        },
+    ));
     let context = VcpuContext {
         pio_bus: Arc::new(legacy.pio_bus),
         mmio_bus: Arc::new(mmio.bus),
         stop: stop.clone(),
-        first_entry: Arc::new(OnceLock::new()),
+        pause: control.pause.clone(),
+        first_entry,
     };
     Ok(Vmm {
         _vm: vm_fd,
@@ -184,5 +218,11 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         device_subscribers: mmio.subscribers,
         console_input: matches!(config.console, ConsoleConfig::Stdio),
         timeline,
+        control,
+        metrics: Some(metrics),
+        description: VmDescription::from_config(config),
+        stop_timeout: DEFAULT_STOP_TIMEOUT,
+        console_hub: legacy.console_hub,
+        console_socket: None,
     })
 }

@@ -27,6 +27,8 @@ pub enum ConsoleConfig {
     None,
     /// Appended to a file.
     File(PathBuf),
+    /// A named appliance's console log: appended, rotated when full.
+    Log(PathBuf),
 }
 
 impl FromStr for ConsoleConfig {

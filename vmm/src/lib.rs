@@ -1,14 +1,17 @@
 //! herd's virtual machine monitor: builds a KVM microVM from a validated
 //! configuration and runs it to completion.
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod boot_report;
 pub mod builder;
 pub mod config;
+pub mod control;
 pub mod device_manager;
 pub mod host_net;
 pub mod kvm_check;
+pub mod metrics;
 mod panic_watch;
 pub mod runtime;
 pub mod signals;

@@ -1,6 +1,7 @@
 //! A built VM running: vCPU threads, the event loop on the calling thread,
 //! and an orderly stop.
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,8 +13,12 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
+use crate::api::{self, ApiContext, ApiError, VmDescription};
 use crate::boot_report::{BootReport, BootTimeline};
+use crate::control::VmControl;
+use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
 use crate::device_manager::{SerialInput, StopListener};
+use crate::metrics::MetricsSources;
 use crate::signals;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 
@@ -60,24 +65,76 @@ pub struct Vmm {
     pub(crate) device_subscribers: Vec<Subscriber>,
     pub(crate) console_input: bool,
     pub(crate) timeline: BootTimeline,
+    pub(crate) control: Arc<VmControl>,
+    /// Taken by the control API when it starts.
+    pub(crate) metrics: Option<MetricsSources>,
+    pub(crate) description: VmDescription,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) console_hub: Arc<ConsoleHub>,
+    pub(crate) console_socket: Option<ConsoleSocket>,
 }
 
 impl Vmm {
+    /// The handle for pausing, resuming and stopping the VM from outside.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.clone()
+    }
+
+    /// How long SIGTERM/SIGINT give the guest to power off before it is
+    /// forced off.
+    pub fn set_stop_timeout(&mut self, timeout: Duration) {
+        self.stop_timeout = timeout;
+    }
+
+    /// Serves the control API on a Unix socket at `path` (see `api`).
+    pub fn start_api(&mut self, path: &std::path::Path) -> Result<(), ApiError> {
+        let ctx = ApiContext {
+            control: self.control.clone(),
+            description: self.description.clone(),
+            metrics: self.metrics.take().unwrap_or_default(),
+        };
+        api::start(path, ctx)
+    }
+
+    /// Lets `herd console` clients attach on a Unix socket at `path`.
+    pub fn start_console_socket(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        self.console_socket = Some(ConsoleSocket::bind(
+            path,
+            self.console_hub.clone(),
+            self.serial.clone(),
+        )?);
+        Ok(())
+    }
+
     /// Runs the guest until it stops, then stops every vCPU.
-    pub fn run(mut self) -> Result<RunOutcome, RunError> {
+    pub fn run(self) -> Result<RunOutcome, RunError> {
+        self.run_with(|| {})
+    }
+
+    /// As `run`; `started` is called once every vCPU thread runs.
+    pub fn run_with(mut self, started: impl FnOnce()) -> Result<RunOutcome, RunError> {
         let stop = self.context.stop.clone();
         signals::install(stop.eventfd()).map_err(RunError::Signals)?;
         let mut events: EventManager<Subscriber> =
             EventManager::new().map_err(RunError::EventManager)?;
-        events.add_subscriber(Arc::new(Mutex::new(StopListener::new(stop.clone()))));
+        events.add_subscriber(Arc::new(Mutex::new(StopListener::new(
+            self.control.clone(),
+            self.stop_timeout,
+        ))));
         for device in self.device_subscribers.drain(..) {
             events.add_subscriber(device);
         }
         if self.console_input {
+            // SAFETY: isatty only inspects the descriptor.
+            let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
             events.add_subscriber(Arc::new(Mutex::new(SerialInput::new(
                 self.serial.clone(),
                 libc::STDIN_FILENO,
+                terminal.then(|| (self.control.clone(), self.stop_timeout)),
             ))));
+        }
+        if let Some(socket) = self.console_socket.take() {
+            events.add_subscriber(Arc::new(Mutex::new(socket)));
         }
 
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -91,6 +148,9 @@ impl Vmm {
                 }
             }
         }
+        self.control
+            .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
+        started();
 
         while !stop.is_requested() {
             if let Err(e) = events.run() {
@@ -99,6 +159,7 @@ impl Vmm {
             }
         }
         self.timeline.stop_requested = Some(Instant::now());
+        self.control.release_vcpus();
         stop_vcpus(threads);
         self.timeline.torn_down = Some(Instant::now());
         self.timeline.first_guest_entry = self.context.first_entry.get().copied();

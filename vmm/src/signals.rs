@@ -2,7 +2,7 @@
 //! vCPU threads out of KVM_RUN.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -11,6 +11,9 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 static TERMINATE_FD: AtomicI32 = AtomicI32::new(-1);
 /// The last termination signal received.
 static TERMINATE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// How many termination signals arrived: the first asks for a graceful
+/// stop, a second one insists.
+static TERMINATE_COUNT: AtomicU32 = AtomicU32::new(0);
 
 /// The signal used to interrupt a vCPU blocked in KVM_RUN.
 pub fn vcpu_kick_signal() -> i32 {
@@ -19,6 +22,7 @@ pub fn vcpu_kick_signal() -> i32 {
 
 extern "C" fn on_terminate(signum: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     TERMINATE_SIGNAL.store(signum, Ordering::SeqCst);
+    TERMINATE_COUNT.fetch_add(1, Ordering::SeqCst);
     let fd = TERMINATE_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one: u64 = 1;
@@ -44,10 +48,10 @@ pub fn install(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(vcpu_kick_signal(), on_kick)
 }
 
-/// The termination signal received, if any.
-pub fn termination_signal() -> Option<i32> {
-    match TERMINATE_SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        signum => Some(signum),
-    }
+/// The last termination signal received and how many arrived so far.
+pub fn terminations() -> (u32, i32) {
+    (
+        TERMINATE_COUNT.load(Ordering::SeqCst),
+        TERMINATE_SIGNAL.load(Ordering::SeqCst),
+    )
 }

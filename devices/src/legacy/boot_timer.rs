@@ -1,7 +1,7 @@
 //! Boot timer: the guest writes a magic byte when it reaches the point it
 //! calls "booted" (usually init), and herd records how long that took.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::bus::BusDevice;
@@ -9,6 +9,45 @@ use crate::bus::BusDevice;
 pub const BOOT_TIMER_PORT: u64 = 0x440;
 /// Firecracker's magic value, so existing guest tooling works unchanged.
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// herd's own addition: the appliance is up (its services started). The
+/// herd init writes it; it is what `Type=notify` units wait for.
+pub const GUEST_READY_MAGIC: u8 = 124;
+
+/// When the guest said it was ready, and who to tell (once).
+#[derive(Default)]
+pub struct GuestReady {
+    at: OnceLock<Instant>,
+    listener: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl GuestReady {
+    /// Runs `listener` once, when the guest reports ready (at once if it
+    /// already has).
+    pub fn on_ready(&self, listener: Box<dyn FnOnce() + Send>) {
+        let mut slot = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if self.at.get().is_some() {
+            drop(slot);
+            listener();
+        } else {
+            *slot = Some(listener);
+        }
+    }
+
+    pub fn at(&self) -> Option<Instant> {
+        self.at.get().copied()
+    }
+
+    fn mark(&self) {
+        let mut slot = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if self.at.set(Instant::now()).is_ok() {
+            log::info!("guest reports ready");
+            if let Some(listener) = slot.take() {
+                drop(slot);
+                listener();
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootTimerReading {
@@ -20,6 +59,7 @@ pub struct BootTimer {
     process_start: Instant,
     build_start: Instant,
     reading: Arc<Mutex<Option<BootTimerReading>>>,
+    ready: Arc<GuestReady>,
 }
 
 impl BootTimer {
@@ -27,11 +67,13 @@ impl BootTimer {
         process_start: Instant,
         build_start: Instant,
         reading: Arc<Mutex<Option<BootTimerReading>>>,
+        ready: Arc<GuestReady>,
     ) -> Self {
         BootTimer {
             process_start,
             build_start,
             reading,
+            ready,
         }
     }
 }
@@ -42,8 +84,10 @@ impl BusDevice for BootTimer {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        if data.first() != Some(&BOOT_TIMER_MAGIC) {
-            return;
+        match data.first() {
+            Some(&BOOT_TIMER_MAGIC) => {}
+            Some(&GUEST_READY_MAGIC) => return self.ready.mark(),
+            _ => return,
         }
         let now = Instant::now();
         let reading = BootTimerReading {
@@ -69,7 +113,8 @@ mod tests {
     fn records_first_magic_write_only() {
         let slot = Arc::new(Mutex::new(None));
         let start = Instant::now();
-        let mut timer = BootTimer::new(start, start, slot.clone());
+        let ready = Arc::new(GuestReady::default());
+        let mut timer = BootTimer::new(start, start, slot.clone(), ready.clone());
         timer.write(0, &[1]);
         assert!(slot.lock().unwrap().is_none());
         timer.write(0, &[BOOT_TIMER_MAGIC]);
@@ -77,5 +122,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         timer.write(0, &[BOOT_TIMER_MAGIC]);
         assert_eq!(slot.lock().unwrap().unwrap(), first);
+        let told = Arc::new(Mutex::new(0));
+        let t = told.clone();
+        ready.on_ready(Box::new(move || *t.lock().unwrap() += 1));
+        assert!(ready.at().is_none());
+        timer.write(0, &[GUEST_READY_MAGIC]);
+        timer.write(0, &[GUEST_READY_MAGIC]);
+        assert!(ready.at().is_some());
+        assert_eq!(*told.lock().unwrap(), 1);
     }
 }

@@ -3,21 +3,23 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use devices::legacy::{
-    BootTimer, BootTimerReading, ExitDevice, SerialDevice, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT,
-    COM1_PORT_LEN, EXIT_DEVICE_PORT, I8042, I8042_PORT, I8042_PORT_LEN,
+    BootTimer, BootTimerReading, ExitDevice, GuestReady, SerialDevice, BOOT_TIMER_PORT, COM1_IRQ,
+    COM1_PORT, COM1_PORT_LEN, EXIT_DEVICE_PORT, I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN,
 };
-use devices::{Bus, BusError, EventFdTrigger, VmStop};
+use devices::{Bus, BusError, EventFdTrigger, StopReason, VmStop};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::console::{ConsoleHub, ConsoleTee, RotatingLog, CONSOLE_LOG_MAX_BYTES};
 use crate::config::ConsoleConfig;
+use crate::control::VmControl;
 use crate::panic_watch::PanicWatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum DeviceError {
     Bus(#[from] BusError),
     #[error("cannot connect the serial port to guest IRQ {COM1_IRQ}: {0}")]
     SerialIrq(kvm_ioctls::Error),
+    #[error("cannot connect the i8042 keyboard to guest IRQ {I8042_KBD_IRQ}: {0}")]
+    KeyboardIrq(kvm_ioctls::Error),
 }
 
 /// What the legacy devices share with the rest of the VMM.
@@ -40,13 +44,24 @@ pub struct LegacyDevices {
     pub pio_bus: Bus,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
+    pub guest_ready: Arc<GuestReady>,
+    pub i8042: Arc<Mutex<I8042>>,
     pub panic_message: Arc<Mutex<Option<String>>>,
+    pub console_hub: Arc<ConsoleHub>,
 }
 
 fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
     Ok(match console {
         ConsoleConfig::Stdio => Box::new(std::io::stdout()),
         ConsoleConfig::None => Box::new(std::io::sink()),
+        ConsoleConfig::Log(path) => Box::new(
+            RotatingLog::open(path, CONSOLE_LOG_MAX_BYTES).map_err(|source| {
+                DeviceError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
         ConsoleConfig::File(path) => Box::new(
             OpenOptions::new()
                 .create(true)
@@ -68,7 +83,12 @@ pub fn create_legacy_devices(
     build_start: Instant,
 ) -> Result<LegacyDevices, DeviceError> {
     let panic_message = Arc::new(Mutex::new(None));
-    let out = PanicWatcher::new(console_writer(console)?, panic_message.clone());
+    let console_hub = Arc::new(ConsoleHub::default());
+    let tee = ConsoleTee {
+        sink: console_writer(console)?,
+        hub: console_hub.clone(),
+    };
+    let out = PanicWatcher::new(tee, panic_message.clone());
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&irq, COM1_IRQ)
         .map_err(DeviceError::SerialIrq)?;
@@ -77,19 +97,21 @@ pub fn create_legacy_devices(
         Box::new(out),
     )));
     let boot_timer = Arc::new(Mutex::new(None));
+    let guest_ready = Arc::new(GuestReady::default());
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+        .map_err(DeviceError::KeyboardIrq)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(stop.clone(), kbd_irq)));
 
     let mut pio_bus = Bus::new();
     pio_bus.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
-    pio_bus.insert(
-        Arc::new(Mutex::new(I8042::new(stop.clone()))),
-        I8042_PORT,
-        I8042_PORT_LEN,
-    )?;
+    pio_bus.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
     pio_bus.insert(
         Arc::new(Mutex::new(BootTimer::new(
             process_start,
             build_start,
             boot_timer.clone(),
+            guest_ready.clone(),
         ))),
         BOOT_TIMER_PORT,
         1,
@@ -103,19 +125,35 @@ pub fn create_legacy_devices(
         pio_bus,
         serial,
         boot_timer,
+        guest_ready,
+        i8042,
         panic_message,
+        console_hub,
     })
 }
 
-/// Feeds host stdin to the guest's serial port.
+/// The console escape key: Ctrl-] (as telnet and `herd console`).
+pub const ESCAPE_KEY: u8 = 0x1d;
+
+/// Feeds host stdin to the guest's serial port. On a terminal, Ctrl-]
+/// stops the VM instead (gracefully; pressed again, at once).
 pub struct SerialInput {
     serial: Arc<Mutex<SerialDevice>>,
     input: RawFd,
+    escape: Option<(Arc<VmControl>, Duration)>,
 }
 
 impl SerialInput {
-    pub fn new(serial: Arc<Mutex<SerialDevice>>, input: RawFd) -> Self {
-        SerialInput { serial, input }
+    pub fn new(
+        serial: Arc<Mutex<SerialDevice>>,
+        input: RawFd,
+        escape: Option<(Arc<VmControl>, Duration)>,
+    ) -> Self {
+        SerialInput {
+            serial,
+            input,
+            escape,
+        }
     }
 }
 
@@ -150,43 +188,79 @@ impl MutEventSubscriber for SerialInput {
                 return;
             }
         };
+        let mut input = &buf[..n];
+        if let Some((control, timeout)) = &self.escape {
+            if let Some(pos) = input.iter().position(|&b| b == ESCAPE_KEY) {
+                input = &input[..pos];
+                let method = control.power_off(
+                    *timeout,
+                    "Ctrl-] on the console",
+                    StopReason::HostRequest("stopped at once with Ctrl-] on the console".into()),
+                );
+                if method == crate::control::PowerOffMethod::AlreadyStopping {
+                    control.kill("Ctrl-] pressed again on the console");
+                }
+            }
+        }
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = serial.enqueue_input(&buf[..n]);
-        if taken < n {
-            log::debug!("serial input: guest FIFO full, dropped {} bytes", n - taken);
+        let taken = serial.enqueue_input(input);
+        if taken < input.len() {
+            log::debug!(
+                "serial input: guest FIFO full, dropped {} bytes",
+                input.len() - taken
+            );
         }
     }
 }
 
-/// Wakes the event loop when someone asks the VM to stop.
+/// Wakes the event loop when someone asks the VM to stop, and turns
+/// SIGTERM/SIGINT into a graceful stop (a second signal stops at once).
 pub struct StopListener {
-    stop: VmStop,
+    control: Arc<VmControl>,
+    stop_timeout: Duration,
+    signals_handled: u32,
 }
 
 impl StopListener {
-    pub fn new(stop: VmStop) -> Self {
-        StopListener { stop }
+    pub fn new(control: Arc<VmControl>, stop_timeout: Duration) -> Self {
+        StopListener {
+            control,
+            stop_timeout,
+            signals_handled: 0,
+        }
     }
 }
 
 impl MutEventSubscriber for StopListener {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(self.stop.eventfd(), EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(
+            self.control.stop_handle().eventfd(),
+            EventSet::IN,
+        )) {
             log::error!("cannot watch the VM stop event: {e:?}");
         }
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         // Drain the counter so level-triggered epoll does not spin.
-        let _ = self.stop.eventfd().read();
-        if let Some(signum) = crate::signals::termination_signal() {
-            self.stop.request(devices::StopReason::Signal(signum));
+        let _ = self.control.stop_handle().eventfd().read();
+        let (count, signum) = crate::signals::terminations();
+        if count <= self.signals_handled {
+            return;
         }
-    }
-}
-
-impl AsRawFd for StopListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.stop.eventfd().as_raw_fd()
+        let first = self.signals_handled == 0;
+        self.signals_handled = count;
+        if first && count == 1 {
+            self.control.power_off(
+                self.stop_timeout,
+                &format!("signal {signum}"),
+                StopReason::Signal(signum),
+            );
+        } else {
+            log::info!("signal {signum} again: stopping the VM at once");
+            self.control
+                .stop_handle()
+                .request(StopReason::Signal(signum));
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Devices of a VM: legacy port-I/O devices and virtio devices on MMIO.
 
+pub mod console;
 pub mod legacy;
 pub mod mmio;
 pub mod virtio_devices;

@@ -86,3 +86,14 @@ mod tests {
         assert!(host_phys_addr_bits() >= 32);
     }
 }
+
+/// Host virtual address ranges [start, end) backing guest RAM.
+pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter()
+        .map(|r| {
+            let start = r.as_ptr() as u64;
+            (start, start + r.len())
+        })
+        .collect()
+}

@@ -12,6 +12,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, msr};
+use crate::control::PauseGate;
+use crate::metrics::VcpuExitCounters;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -63,6 +65,7 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
+    exits: Arc<VcpuExitCounters>,
 }
 
 /// What a vCPU thread needs to run: the buses its exits go to and the stop
@@ -72,6 +75,7 @@ pub struct VcpuContext {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub stop: VmStop,
+    pub pause: Arc<PauseGate>,
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
 }
@@ -81,7 +85,16 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        Ok(Vcpu { fd, id })
+        Ok(Vcpu {
+            fd,
+            id,
+            exits: Arc::default(),
+        })
+    }
+
+    /// This vCPU's exit counters, for the metrics.
+    pub fn exit_counters(&self) -> Arc<VcpuExitCounters> {
+        self.exits.clone()
     }
 
     pub fn id(&self) -> u8 {
@@ -167,12 +180,20 @@ impl Vcpu {
             ctx.first_entry.get_or_init(Instant::now);
         }
         while !ctx.stop.is_requested() {
+            if ctx.pause.is_requested() {
+                ctx.pause.park(&ctx.stop);
+                continue;
+            }
             let action = match self.fd.run() {
                 Ok(VcpuExit::InternalError) => {
                     VcpuAction::Stop(StopReason::GuestCrash(self.internal_error()))
                 }
-                Ok(exit) => handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus),
+                Ok(exit) => {
+                    self.exits.count(&exit);
+                    handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus)
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.exits.count_interrupted();
                     VcpuAction::Continue
                 }
                 Err(e) => VcpuAction::Stop(StopReason::KvmFailure(format!(

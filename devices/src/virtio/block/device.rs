@@ -9,6 +9,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::io::{DiskError, DiskFile};
+use super::metrics::BlockMetrics;
 use super::request::{Request, RequestKind};
 use super::{
     QUEUE_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -57,6 +58,7 @@ pub(super) struct Backend {
     id: [u8; VIRTIO_BLK_ID_BYTES],
     warned_read_only: bool,
     io_errors: u64,
+    pub(super) metrics: Arc<BlockMetrics>,
 }
 
 pub struct Block {
@@ -102,6 +104,7 @@ impl Block {
                 id,
                 warned_read_only: false,
                 io_errors: 0,
+                metrics: Arc::default(),
             },
             config_space,
             avail_features,
@@ -109,6 +112,11 @@ impl Block {
             active: None,
             broken: false,
         })
+    }
+
+    /// Request counters, readable without the device lock.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.backend.metrics.clone()
     }
 
     /// The image path, for log messages.
@@ -186,6 +194,12 @@ impl Backend {
     /// Serves a well-formed request. Returns the status byte and how many
     /// bytes went into guest buffers (not counting the status byte).
     pub(super) fn execute(&mut self, mem: &GuestMemoryMmap, req: &Request) -> (u8, u32) {
+        let (status, written) = self.serve(mem, req);
+        self.metrics.record(&req.kind, req.data_len, status);
+        (status, written)
+    }
+
+    fn serve(&mut self, mem: &GuestMemoryMmap, req: &Request) -> (u8, u32) {
         let offset = match req.disk_offset(self.disk.capacity()) {
             Ok(offset) => offset,
             Err(e) => {

@@ -83,6 +83,7 @@ impl Block {
                     self.path().display()
                 );
                 self.broken = true;
+                self.backend.metrics.record_malformed();
                 if let Some(active) = &self.active {
                     active.interrupt.signal_needs_reset();
                 }

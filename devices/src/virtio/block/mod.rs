@@ -16,6 +16,7 @@
 mod device;
 mod event_handler;
 mod io;
+mod metrics;
 mod request;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod test_utils;
 
 pub use device::{Block, BlockConfig, BlockError};
 pub use io::{DiskError, DiskFile};
+pub use metrics::{BlockCounters, BlockMetrics};
 pub use request::{Request, RequestError, RequestKind};
 
 /// Sectors are always 512 bytes in virtio-blk, whatever the host's block size.

@@ -48,7 +48,7 @@ pub struct NetMetrics {
 }
 
 /// A copy of [`NetMetrics`] at one moment.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NetCounters {
     pub rx_frames: u64,
     pub rx_bytes: u64,

@@ -1,0 +1,117 @@
+//! An appliance file (`/etc/herd/NAME.toml`): the per-appliance keys a
+//! stack file's appliance also takes. `herd run --config FILE` reads it;
+//! flags given on the command line win over it (`--disk`/`--net` add to
+//! its lists). Relative paths are relative to the file's directory.
+//!
+//! ```toml
+//! kernel = "/var/lib/herd/vmlinux"
+//! root = "/var/lib/herd/base.erofs"
+//! disks = ["/var/lib/herd/web1.img"]
+//! nets = ["tap=web1,bridge=herd0"]
+//! mem = 256          # MiB
+//! cpus = 1
+//! cmdline = "ip=10.20.0.2::10.20.0.1:255.255.255.0::eth0:off"
+//! stop_timeout = 10  # seconds
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceFile {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    #[serde(default)]
+    pub disks: Vec<String>,
+    #[serde(default)]
+    pub nets: Vec<String>,
+    pub mem: Option<u64>,
+    pub cpus: Option<u32>,
+    pub cmdline: Option<String>,
+    pub stop_timeout: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceFileError {
+    #[error("cannot read appliance file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("appliance file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+fn resolve(dir: &Path, p: &mut PathBuf) {
+    if p.is_relative() {
+        *p = dir.join(&*p);
+    }
+}
+
+impl ApplianceFile {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ApplianceFileError> {
+        let mut file: ApplianceFile =
+            toml::from_str(text).map_err(|e| ApplianceFileError::Parse {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().replace('\n', " "),
+            })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut file.kernel, &mut file.initrd, &mut file.root]
+            .into_iter()
+            .flatten()
+        {
+            resolve(dir, p);
+        }
+        for disk in &mut file.disks {
+            let mut p = PathBuf::from(&*disk);
+            if p.is_relative() {
+                resolve(dir, &mut p);
+                *disk = p.display().to_string();
+            }
+        }
+        Ok(file)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ApplianceFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ApplianceFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_relative_paths() {
+        let f = ApplianceFile::parse(
+            Path::new("/etc/herd/web1.toml"),
+            "kernel = \"vmlinux\"\ndisks = [\"web1.img:ro\"]\nmem = 256\n",
+        )
+        .unwrap();
+        assert_eq!(f.kernel, Some(PathBuf::from("/etc/herd/vmlinux")));
+        assert_eq!(f.disks, vec!["/etc/herd/web1.img:ro".to_owned()]);
+        assert_eq!(f.mem, Some(256));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let e = ApplianceFile::parse(Path::new("/etc/herd/a.toml"), "kernal = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/herd/a.toml") && e.contains("kernal"),
+            "{e}"
+        );
+        let e = ApplianceFile::parse(Path::new("a.toml"), "mem = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mem"), "{e}");
+    }
+}

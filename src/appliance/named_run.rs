@@ -1,0 +1,75 @@
+//! What `herd run --name NAME` adds to a plain run: the runtime directory,
+//! the control and console sockets, the detach handshake and systemd's
+//! readiness notification.
+
+use std::path::PathBuf;
+
+use vmm::boot_report::BootReport;
+use vmm::{VmConfig, Vmm};
+
+use super::detach::ReadyPipe;
+use super::runtime_dir::{
+    RuntimeDir, RuntimeDirError, API_SOCKET, BOOT_REPORT, CONFIG_FILE, CONSOLE_LOG, CONSOLE_SOCKET,
+    HERD_LOG,
+};
+use super::systemd;
+
+pub struct NamedRun {
+    dir: RuntimeDir,
+    ready: Option<ReadyPipe>,
+}
+
+impl NamedRun {
+    /// Claims NAME's runtime directory (refused if NAME runs).
+    pub fn claim(name: &str) -> Result<Self, RuntimeDirError> {
+        Ok(NamedRun {
+            dir: RuntimeDir::claim(name)?,
+            ready: ReadyPipe::from_env(),
+        })
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.file(CONSOLE_LOG)
+    }
+
+    /// Opens the sockets and records the configuration; the VM is built
+    /// but not started.
+    pub fn attach(&self, vmm: &mut Vmm, config: &VmConfig) -> Result<(), String> {
+        let description = vmm::api::VmDescription::from_config(config);
+        let json = serde_json::to_vec_pretty(&description).map_err(|e| e.to_string())?;
+        self.dir
+            .write(CONFIG_FILE, &json)
+            .map_err(|e| e.to_string())?;
+        vmm.start_api(&self.dir.file(API_SOCKET))
+            .map_err(|e| e.to_string())?;
+        let console = self.dir.file(CONSOLE_SOCKET);
+        vmm.start_console_socket(&console).map_err(|e| {
+            format!(
+                "cannot create the console socket {}: {e}",
+                console.display()
+            )
+        })?;
+        if systemd::notify_socket().is_some() {
+            vmm.control().boot.ready.on_ready(Box::new(|| {
+                systemd::notify("READY=1\nSTATUS=appliance ready")
+            }));
+        }
+        Ok(())
+    }
+
+    /// Every vCPU runs: a detached launcher may return now.
+    pub fn started(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            ready.report_running(&self.dir.file(HERD_LOG));
+        }
+    }
+
+    /// The VM stopped: keep its report, drop its sockets.
+    pub fn finish(self, report: &BootReport) {
+        systemd::notify("STOPPING=1");
+        if let Err(e) = report.write(&self.dir.file(BOOT_REPORT)) {
+            log::warn!("cannot write the boot report: {e}");
+        }
+        self.dir.finish();
+    }
+}

@@ -1,0 +1,278 @@
+//! A named appliance's runtime directory,
+//! `${HERD_RUNTIME:-/run/herd}/NAME/` (`$XDG_RUNTIME_DIR/herd` when not
+//! root): who runs it, how to reach it, what it printed.
+//!
+//! The running herd holds an exclusive `flock` on `lock` for its whole
+//! life, so "is NAME running" never depends on a pid that may have been
+//! reused: a directory whose lock is free belongs to a dead process and is
+//! stale.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const PID_FILE: &str = "pid";
+pub const LOCK_FILE: &str = "lock";
+pub const API_SOCKET: &str = "api.sock";
+pub const CONSOLE_SOCKET: &str = "console.sock";
+pub const CONSOLE_LOG: &str = "console.log";
+/// herd's own messages once a detached VM runs.
+pub const HERD_LOG: &str = "herd.log";
+pub const BOOT_REPORT: &str = "boot-report.json";
+pub const CONFIG_FILE: &str = "config.json";
+const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeDirError {
+    #[error(
+        "appliance name {0:?} is not valid: use 1-{MAX_NAME_LEN} letters, digits, '-', '_' or \
+         '.', starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("an appliance named {name} is already running (pid {pid}); stop it with `herd stop {name}` or pick another --name")]
+    AlreadyRunning { name: String, pid: String },
+    #[error("cannot use the runtime directory {path}: {source}; set HERD_RUNTIME to a writable directory")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no appliance named {name} (nothing in {dir}); `herd ps --all` lists them")]
+    NotFound { name: String, dir: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeDirError + '_ {
+    move |source| RuntimeDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where runtime directories live.
+pub fn base_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HERD_RUNTIME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/herd");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("herd"),
+        // SAFETY: as above.
+        None => std::env::temp_dir().join(format!("herd-{}", unsafe { libc::geteuid() })),
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), RuntimeDirError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeDirError::BadName(name.to_owned()))
+    }
+}
+
+/// `flock` without blocking; true if we got it.
+fn try_lock(file: &File, exclusive: bool) -> bool {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
+}
+
+/// A runtime directory this process owns for as long as the value lives.
+pub struct RuntimeDir {
+    path: PathBuf,
+    /// Holds the exclusive lock.
+    _lock: File,
+}
+
+impl RuntimeDir {
+    /// Takes NAME's directory: refuses if a live herd holds it, cleans it
+    /// if a dead one left it behind.
+    pub fn claim(name: &str) -> Result<Self, RuntimeDirError> {
+        validate_name(name)?;
+        let base = base_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&base)
+            .map_err(io_err(&base))?;
+        let path = base.join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if !try_lock(&lock, true) {
+            let pid = std::fs::read_to_string(path.join(PID_FILE))
+                .map(|p| p.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into());
+            return Err(RuntimeDirError::AlreadyRunning {
+                name: name.to_owned(),
+                pid,
+            });
+        }
+        let dir = RuntimeDir { path, _lock: lock };
+        dir.clean_stale()?;
+        dir.write(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(dir)
+    }
+
+    /// Removes what a previous, dead run left (everything but the lock).
+    fn clean_stale(&self) -> Result<(), RuntimeDirError> {
+        let entries = std::fs::read_dir(&self.path).map_err(io_err(&self.path))?;
+        let mut cleaned = false;
+        for entry in entries.flatten() {
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
+            let p = entry.path();
+            let removed = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.map_err(io_err(&p))?;
+            cleaned = true;
+        }
+        if cleaned {
+            log::info!(
+                "cleaned the stale runtime directory {} (its herd is gone)",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes a file in the directory atomically (temp file + rename).
+    pub fn write(&self, name: &str, contents: &[u8]) -> Result<(), RuntimeDirError> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        let result = File::create(&tmp)
+            .and_then(|mut f| f.write_all(contents))
+            .and_then(|()| std::fs::rename(&tmp, self.path.join(name)));
+        result.map_err(io_err(&tmp))
+    }
+
+    /// The VM stopped: what only made sense while it ran goes; the logs,
+    /// config and boot report stay for `herd logs`/`inspect`.
+    pub fn finish(self) {
+        for name in [PID_FILE, API_SOCKET, CONSOLE_SOCKET] {
+            let _ = std::fs::remove_file(self.path.join(name));
+        }
+    }
+}
+
+/// What `ps` and the client commands see of a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// A herd holds the lock.
+    Running,
+    /// It stopped normally (no pid file).
+    Exited,
+    /// Its herd died without cleaning up (pid file, lock free).
+    Dead,
+}
+
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub liveness: Liveness,
+    pub pid: Option<u32>,
+}
+
+impl Entry {
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+fn inspect(name: &str, path: PathBuf) -> Entry {
+    let pid = std::fs::read_to_string(path.join(PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let held = File::open(path.join(LOCK_FILE))
+        .map(|f| !try_lock(&f, false))
+        .unwrap_or(false);
+    let liveness = match (held, pid) {
+        (true, _) => Liveness::Running,
+        (false, Some(_)) => Liveness::Dead,
+        (false, None) => Liveness::Exited,
+    };
+    Entry {
+        name: name.to_owned(),
+        path,
+        liveness,
+        pid,
+    }
+}
+
+/// NAME's directory, which must exist.
+pub fn find(name: &str) -> Result<Entry, RuntimeDirError> {
+    validate_name(name)?;
+    let base = base_dir();
+    let path = base.join(name);
+    if !path.join(LOCK_FILE).exists() {
+        return Err(RuntimeDirError::NotFound {
+            name: name.to_owned(),
+            dir: base,
+        });
+    }
+    Ok(inspect(name, path))
+}
+
+/// Every appliance directory, sorted by name.
+pub fn list() -> Vec<Entry> {
+    let base = base_dir();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Entry> = entries
+        .flatten()
+        .filter(|e| e.path().join(LOCK_FILE).exists())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            Some(inspect(&name, e.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("web-1.prod_a").is_ok());
+        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket, as Firecracker and
+//! Cloud Hypervisor serve theirs (`curl --unix-socket`). One accept thread;
+//! each connection gets a short-lived thread of its own (at most
+//! [`MAX_CONNECTIONS`] at once) that reads one bounded request, acts on the
+//! VM through [`VmControl`] and answers. vCPUs never wait for any of it.
+
+mod http;
+mod info;
+mod routes;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use http::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEAD_BYTES};
+pub use info::VmDescription;
+pub use routes::ApiRequest;
+
+use crate::control::VmControl;
+use crate::metrics::MetricsSources;
+
+pub const API_VERSION: &str = "v1";
+/// A client gets this long to send its whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MAX_CONNECTIONS: usize = 8;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECTION_STACK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the control API thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Everything a request handler may touch.
+pub struct ApiContext {
+    pub control: Arc<VmControl>,
+    pub description: VmDescription,
+    pub metrics: MetricsSources,
+}
+
+/// Binds `path` (mode 0600, replacing a stale socket) and serves it on a
+/// thread of its own for the rest of the process.
+pub fn start(path: &Path, ctx: ApiContext) -> Result<(), ApiError> {
+    let bind_err = |source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => log::debug!("removed stale control socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    let ctx = Arc::new(ctx);
+    std::thread::Builder::new()
+        .name("herd-api".into())
+        .spawn(move || serve(&listener, &ctx))
+        .map_err(ApiError::Thread)?;
+    log::debug!("control API on {}", path.display());
+    Ok(())
+}
+
+fn serve(listener: &UnixListener, ctx: &Arc<ApiContext>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("control API: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let busy = http::Response::error(503, "too many control connections; retry");
+            let _ = busy.write_to(&mut stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let (ctx, active_conn) = (Arc::clone(ctx), Arc::clone(&active));
+        let spawned = std::thread::Builder::new()
+            .name("herd-api-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                connection(stream, &ctx);
+                active_conn.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            log::warn!("control API: cannot start a connection thread: {e}");
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// One request, one response; any client misbehaviour ends here.
+fn connection(mut stream: UnixStream, ctx: &ApiContext) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let reader = stream.try_clone();
+    let response = match reader {
+        Ok(mut reader) => {
+            let timeout_handle = reader.try_clone();
+            let request = http::read_request(&mut reader, deadline, |left| {
+                if let Ok(s) = &timeout_handle {
+                    let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                }
+            });
+            match request {
+                Ok(req) => match routes::route(&req.method, &req.path, &req.body) {
+                    Ok(api_request) => {
+                        log::debug!("control API: {api_request:?}");
+                        routes::handle(api_request, ctx)
+                    }
+                    Err(response) => response,
+                },
+                Err(e) => match e.status() {
+                    Some(status) => {
+                        log::debug!("control API: {e}");
+                        http::Response::error(status, e)
+                    }
+                    None => {
+                        log::debug!("control API: {e}");
+                        return;
+                    }
+                },
+            }
+        }
+        Err(e) => http::Response::error(500, e),
+    };
+    if let Err(e) = response.write_to(&mut stream) {
+        log::debug!("control API: client went away before the answer: {e}");
+    }
+}
