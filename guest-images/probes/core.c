@@ -486,6 +486,54 @@ static void __attribute__((noreturn)) action_print_lots(const char *arg)
 	exit_vm(0);
 }
 
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+
+/* Prints a numbered line every ~2^27 TSC ticks (tens of ms) forever, so
+ * the host can see whether the guest makes progress (pause tests). */
+static void __attribute__((noreturn)) action_tick(void)
+{
+	for (u64 n = 1;; n++) {
+		puts("probe: tick ");
+		put_u64(n);
+		puts("\n");
+		u64 until = rdtsc() + (1ULL << 27);
+		while (rdtsc() < until)
+			cpu_relax();
+	}
+}
+
+/* Enables the i8042 keyboard interrupt as a driver would (so herd sees a
+ * listener), then polls for Ctrl-Alt-Del in scan-code set 2. "kbd" exits
+ * 0 when it arrives; "kbd-ignore" reports it and keeps running. */
+static void __attribute__((noreturn)) action_kbd(int ignore)
+{
+	static const u8 cad[4] = { 0x14, 0x11, 0xe0, 0x71 };
+	int matched = 0;
+	outb(PORT_I8042, 0x60);  /* write the control register... */
+	outb(0x60, 0x05);        /* ...keyboard interrupt on, system flag */
+	puts("probe: kbd listening\n");
+	for (;;) {
+		if (!(inb(PORT_I8042) & 1)) {
+			for (int i = 0; i < 100000; i++)
+				cpu_relax();
+			continue;
+		}
+		u8 b = inb(0x60);
+		matched = b == cad[matched] ? matched + 1 : (b == cad[0]);
+		if (matched < 4)
+			continue;
+		matched = 0;
+		puts("probe: kbd ctrl-alt-del\n");
+		if (!ignore)
+			exit_vm(0);
+	}
+}
+
 static void __attribute__((noreturn)) run_action(void)
 {
 	const char *a = cmdline_get("probe.action");
@@ -511,6 +559,12 @@ static void __attribute__((noreturn)) run_action(void)
 		action_mmio();
 	if (word_is(a, "print-lots") && a[10] == ':')
 		action_print_lots(a + 11);
+	if (word_is(a, "tick"))
+		action_tick();
+	if (word_is(a, "kbd"))
+		action_kbd(0);
+	if (word_is(a, "kbd-ignore"))
+		action_kbd(1);
 	virtio_action(a);  /* returns only if `a` is none of its actions */
 	puts("probe: FAIL unknown probe.action\n");
 	exit_vm(1);

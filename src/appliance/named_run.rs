@@ -17,6 +17,17 @@ use super::systemd;
 pub struct NamedRun {
     dir: RuntimeDir,
     ready: Option<ReadyPipe>,
+    finished: bool,
+}
+
+/// A run that never got its VM going leaves nothing behind: the directory
+/// would only look like a stale one.
+impl Drop for NamedRun {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.dir.remove();
+        }
+    }
 }
 
 impl NamedRun {
@@ -25,6 +36,7 @@ impl NamedRun {
         Ok(NamedRun {
             dir: RuntimeDir::claim(name)?,
             ready: ReadyPipe::from_env(),
+            finished: false,
         })
     }
 
@@ -65,11 +77,12 @@ impl NamedRun {
     }
 
     /// The VM stopped: keep its report, drop its sockets.
-    pub fn finish(self, report: &BootReport) {
+    pub fn finish(mut self, report: &BootReport) {
         systemd::notify("STOPPING=1");
         if let Err(e) = report.write(&self.dir.file(BOOT_REPORT)) {
             log::warn!("cannot write the boot report: {e}");
         }
         self.dir.finish();
+        self.finished = true;
     }
 }

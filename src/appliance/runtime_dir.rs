@@ -179,9 +179,14 @@ impl RuntimeDir {
         result.map_err(io_err(&tmp))
     }
 
+    /// Removes the whole directory (the VM never ran).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+
     /// The VM stopped: what only made sense while it ran goes; the logs,
     /// config and boot report stay for `herd logs`/`inspect`.
-    pub fn finish(self) {
+    pub fn finish(&self) {
         for name in [PID_FILE, API_SOCKET, CONSOLE_SOCKET] {
             let _ = std::fs::remove_file(self.path.join(name));
         }

@@ -27,6 +27,8 @@ pub const API_VERSION: &str = "v1";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_CONNECTIONS: usize = 8;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an over-the-limit client holds up the accept thread.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 const CONNECTION_STACK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ pub fn start(path: &Path, ctx: ApiContext) -> Result<(), ApiError> {
 fn serve(listener: &UnixListener, ctx: &Arc<ApiContext>) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let mut stream = match stream {
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("control API: accept failed: {e}");
@@ -82,9 +84,7 @@ fn serve(listener: &UnixListener, ctx: &Arc<ApiContext>) {
             }
         };
         if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-            let busy = http::Response::error(503, "too many control connections; retry");
-            let _ = busy.write_to(&mut stream);
+            turn_away(stream);
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
@@ -101,6 +101,25 @@ fn serve(listener: &UnixListener, ctx: &Arc<ApiContext>) {
             active.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Answers 503 to a connection over the limit. What the client already
+/// sent is read first (briefly): closing a Unix socket with unread data
+/// would reset the connection before the client could read the answer.
+fn turn_away(mut stream: UnixStream) {
+    use std::io::Read;
+    let _ = stream.set_write_timeout(Some(BUSY_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(BUSY_TIMEOUT));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_HEAD_BYTES + MAX_BODY_BYTES {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let busy = http::Response::error(503, "too many control connections; retry");
+    let _ = busy.write_to(&mut stream);
 }
 
 /// One request, one response; any client misbehaviour ends here.
