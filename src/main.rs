@@ -92,8 +92,8 @@ enum NetCommand {
 struct RunArgs {
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
     /// Required unless --config names one.
-    #[arg(long, value_name = "PATH", default_value_os_t = PathBuf::new(), hide_default_value = true)]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
     /// Appliance name: logs, the default MAC address, and a runtime
     /// directory with a control socket (`herd ps/stop/logs/console NAME`).
     #[arg(long, value_name = "NAME")]
@@ -250,10 +250,8 @@ fn apply_appliance_file(
     given: &dyn Fn(&str) -> bool,
 ) -> Result<(), appliance::appliance_file::ApplianceFileError> {
     let file = appliance::appliance_file::ApplianceFile::load(path)?;
-    if !given("kernel") {
-        if let Some(k) = file.kernel {
-            args.kernel = k;
-        }
+    if !given("kernel") && file.kernel.is_some() {
+        args.kernel = file.kernel;
     }
     if !given("initrd") && file.initrd.is_some() {
         args.initrd = file.initrd;
@@ -285,12 +283,12 @@ fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
 
 fn run(args: RunArgs, process_start: Instant) -> u8 {
     init_logging(args.log_level);
-    if args.kernel.as_os_str().is_empty() {
+    let Some(kernel) = args.kernel.clone() else {
         return fail(
             EXIT_BAD_INPUT,
             "--kernel PATH is required (or --config FILE with a kernel key)",
         );
-    }
+    };
     if !(0.0..=3600.0).contains(&args.stop_timeout) {
         return fail(
             EXIT_BAD_INPUT,
@@ -341,7 +339,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         root: args.root,
         disks,
         nets,
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         mem_mib: args.mem,

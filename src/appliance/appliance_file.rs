@@ -56,7 +56,15 @@ impl ApplianceFile {
         let mut file: ApplianceFile =
             toml::from_str(text).map_err(|e| ApplianceFileError::Parse {
                 path: path.to_owned(),
-                message: e.to_string().trim_end().replace('\n', " "),
+                message: match e.span() {
+                    Some(span) => {
+                        let at = span.start.min(text.len());
+                        let line = text[..at].matches('\n').count() + 1;
+                        let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                        format!("line {line} `{source}`: {}", e.message())
+                    }
+                    None => e.message().to_owned(),
+                },
             })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         for p in [&mut file.kernel, &mut file.initrd, &mut file.root]
