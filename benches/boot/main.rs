@@ -10,6 +10,7 @@ mod images;
 #[path = "../../tests/support/testhost.rs"]
 mod testhost;
 
+mod api;
 mod floor;
 mod smaps;
 
@@ -435,9 +436,10 @@ fn main() {
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
     type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("boot path", &|r| boot_path(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
+        ("control API", &|r| api::control_api(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),
         ("100 at once", &|r| many_at_once(&kernel, 100, r)),
         ("Linux in the test host", &linux_in_test_host),
