@@ -199,13 +199,18 @@ fn exchange(ns: &Netns, cmdline: &str, herd_args: &[&str], pong_len: usize) -> (
         );
     }
 
+    // A named herd has a runtime directory: one per namespace, so tests
+    // running at once with the same --name do not collide.
+    let runtime = std::env::temp_dir().join(format!("herd-rt-{}", ns.name));
     let mut herd = ns.command(herd_bin());
     herd.arg("run")
+        .env("HERD_RUNTIME", &runtime)
         .arg("--kernel")
         .arg(probe_path(PROBE))
         .args(["--mem", "64", "--cmdline", cmdline])
         .args(herd_args);
     let run = output(&mut herd);
+    let _ = std::fs::remove_dir_all(&runtime);
     // The responder exits once it answered; if herd failed early, stop it.
     if run.as_ref().is_none_or(|r| !r.status.success()) {
         let _ = responder.0.kill();
