@@ -63,9 +63,10 @@ run_guest reboot run $args --disk $G/svc.img \
 	--cmdline "herd.run=\"dmesg | grep EXT4-fs | sed 's/^/herd-test: /'\""
 
 # 2. A guest that ignores Ctrl-Alt-Del: forced off after the timeout.
-herd run --name deaf --detach $args --cmdline 'init=/bin/sh -- -c "mount -t proc proc /proc; echo 0 >/proc/sys/kernel/ctrl-alt-del; echo herd-test: deaf-ready; while true; do sleep 1; done"'
+herd run --name deaf --detach $args --cmdline 'init=/bin/sh -- -c "mount -t proc proc /proc; echo 0 >/proc/sys/kernel/ctrl-alt-del; echo herd-test: deaf-ready-$$; while true; do sleep 1; done"'
 say "deaf detach exit=$?"
-wait_log deaf "herd-test: deaf-ready" 180 || say "deaf never got ready"
+# deaf-ready-1 (its pid), which the kernel's own echo of the command line lacks
+wait_log deaf "herd-test: deaf-ready-1" 180 || say "deaf never got ready"
 t0=$(now)
 herd stop deaf --timeout DEAF_TIMEOUT 2>&1 | sed 's/^/stop-test: deaf stop says /'
 say "deaf stop took=$(since "$t0")"
