@@ -144,3 +144,71 @@ fn console_attaches_and_detaches_in_a_terminal() {
     tmux(&["kill-server"]);
     assert!(s.contains("Ctrl-]"), "{s}");
 }
+
+/// Under systemd (`NOTIFY_SOCKET`), herd sends READY=1 when the guest
+/// reports ready (124 on port 0x440), not before, and STOPPING=1 at the end.
+#[test]
+fn systemd_hears_ready_when_the_guest_is_ready() {
+    if !kvm_present() {
+        return;
+    }
+    let rt = Runtime::new("notify");
+    let notify = rt.dir.join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(WAIT)).unwrap();
+    let kernel = probe_path(PVH);
+    let mut cmd = rt.cmd(&[
+        "run",
+        "--name",
+        "n",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--console",
+        "log",
+        "--cmdline",
+        "probe.ready=1 probe.action=tick",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = herd_run::ChildGuard(cmd.spawn().unwrap());
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("no READY=1 from herd");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1"), "{said}");
+    let vm = rt.json(&["inspect", "n"]);
+    assert!(
+        vm["vm"]["boot"]["guest_ready_ms"].as_f64().is_some(),
+        "{vm}"
+    );
+    let out = rt.herd(&["kill", "n"]);
+    assert!(out.status.success());
+    let n = listener.recv(&mut buf).expect("no STOPPING=1 from herd");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    drop(child);
+
+    // A guest that never says it is ready: no READY=1.
+    let mut cmd = rt.cmd(&[
+        "run",
+        "--name",
+        "n2",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--console",
+        "log",
+        "--cmdline",
+        "probe.action=tick",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _child = herd_run::ChildGuard(cmd.spawn().unwrap());
+    rt.wait_console("n2", "ticks", |c| last_tick(c) >= 2);
+    listener
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "READY=1 without a ready guest"
+    );
+}
