@@ -157,21 +157,24 @@ fn systemd_hears_ready_when_the_guest_is_ready() {
     let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
     listener.set_read_timeout(Some(WAIT)).unwrap();
     let kernel = probe_path(PVH);
-    let mut cmd = rt.cmd(&[
-        "run",
-        "--name",
-        "n",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--console",
-        "log",
-        "--cmdline",
-        "probe.ready=1 probe.action=tick",
-    ]);
-    cmd.env("NOTIFY_SOCKET", &notify)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let child = herd_run::ChildGuard(cmd.spawn().unwrap());
+    let start = |name: &str, cmdline: &str| {
+        let mut cmd = rt.cmd(&[
+            "run",
+            "--name",
+            name,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--console",
+            "log",
+            "--cmdline",
+            cmdline,
+        ]);
+        cmd.env("NOTIFY_SOCKET", &notify)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        herd_run::ChildGuard(cmd.spawn().unwrap())
+    };
+    let child = start("n", "probe.ready=1 probe.action=tick");
     let mut buf = [0u8; 256];
     let n = listener.recv(&mut buf).expect("no READY=1 from herd");
     let said = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -188,21 +191,7 @@ fn systemd_hears_ready_when_the_guest_is_ready() {
     drop(child);
 
     // A guest that never says it is ready: no READY=1.
-    let mut cmd = rt.cmd(&[
-        "run",
-        "--name",
-        "n2",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--console",
-        "log",
-        "--cmdline",
-        "probe.action=tick",
-    ]);
-    cmd.env("NOTIFY_SOCKET", &notify)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _child = herd_run::ChildGuard(cmd.spawn().unwrap());
+    let _child = start("n2", "probe.action=tick");
     rt.wait_console("n2", "ticks", |c| last_tick(c) >= 2);
     listener
         .set_read_timeout(Some(Duration::from_millis(300)))
