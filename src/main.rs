@@ -176,6 +176,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(fail(EXIT_BAD_INPUT, e));
                 }
             }
+            if args.emulated_host && args.detach {
+                return ExitCode::from(fail(
+                    EXIT_BAD_INPUT,
+                    "--detach does not work with --emulated-host (the test host runs in the foreground)",
+                ));
+            }
             if args.emulated_host {
                 ExitCode::from(emulated_host::run(&args))
             } else {
