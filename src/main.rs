@@ -172,7 +172,7 @@ fn main() -> ExitCode {
         }
         Command::Run(mut args) => {
             if let Some(path) = args.config.clone() {
-                if let Err(e) = apply_appliance_file(&mut args, &path, &given) {
+                if let Err(e) = appliance::appliance_file::apply(&mut args, &path, &given) {
                     return ExitCode::from(fail(EXIT_BAD_INPUT, e));
                 }
             }
@@ -249,39 +249,6 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
-/// Fills `args` from an appliance file where the command line left them.
-fn apply_appliance_file(
-    args: &mut RunArgs,
-    path: &std::path::Path,
-    given: &dyn Fn(&str) -> bool,
-) -> Result<(), appliance::appliance_file::ApplianceFileError> {
-    let file = appliance::appliance_file::ApplianceFile::load(path)?;
-    if !given("kernel") && file.kernel.is_some() {
-        args.kernel = file.kernel;
-    }
-    if !given("initrd") && file.initrd.is_some() {
-        args.initrd = file.initrd;
-    }
-    if !given("root") && file.root.is_some() {
-        args.root = file.root;
-    }
-    if !given("cmdline") && file.cmdline.is_some() {
-        args.cmdline = file.cmdline;
-    }
-    if let (false, Some(mem)) = (given("mem"), file.mem) {
-        args.mem = mem;
-    }
-    if let (false, Some(cpus)) = (given("cpus"), file.cpus) {
-        args.cpus = cpus;
-    }
-    if let (false, Some(t)) = (given("stop_timeout"), file.stop_timeout) {
-        args.stop_timeout = t;
-    }
-    args.disks.splice(0..0, file.disks);
-    args.nets.splice(0..0, file.nets);
-    Ok(())
-}
-
 fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
     eprintln!("herd: error: {message}");
     status
@@ -311,27 +278,14 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         }
         return appliance::detach::launch(name);
     }
-    let mut named = match args
-        .name
-        .as_deref()
-        .map(appliance::named_run::NamedRun::claim)
-    {
-        None => None,
-        Some(Ok(named)) => Some(named),
-        Some(Err(e)) => return fail(EXIT_BAD_INPUT, e),
+    let mut named = match appliance::named_run::NamedRun::claim_if_named(args.name.as_deref()) {
+        Ok(named) => named,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
-    let console: ConsoleConfig =
-        match (args.console.as_str(), &named) {
-            ("log", Some(named)) => ConsoleConfig::Log(named.console_log()),
-            ("log", None) => return fail(
-                EXIT_BAD_INPUT,
-                "--console log needs --name: the log lives in the appliance's runtime directory",
-            ),
-            (other, _) => match other.parse() {
-                Ok(c) => c,
-                Err(e) => return fail(EXIT_BAD_INPUT, e),
-            },
-        };
+    let console = match appliance::named_run::console_config(&args.console, named.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
     let disks = match args.disks.iter().map(|d| d.parse()).collect() {
         Ok(disks) => disks,
         Err(e) => return fail(EXIT_BAD_INPUT, e),

@@ -92,6 +92,39 @@ impl ApplianceFile {
     }
 }
 
+/// Fills `args` from an appliance file where the command line left them.
+pub fn apply(
+    args: &mut crate::RunArgs,
+    path: &Path,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(), ApplianceFileError> {
+    let file = ApplianceFile::load(path)?;
+    if !given("kernel") && file.kernel.is_some() {
+        args.kernel = file.kernel;
+    }
+    if !given("initrd") && file.initrd.is_some() {
+        args.initrd = file.initrd;
+    }
+    if !given("root") && file.root.is_some() {
+        args.root = file.root;
+    }
+    if !given("cmdline") && file.cmdline.is_some() {
+        args.cmdline = file.cmdline;
+    }
+    if let (false, Some(mem)) = (given("mem"), file.mem) {
+        args.mem = mem;
+    }
+    if let (false, Some(cpus)) = (given("cpus"), file.cpus) {
+        args.cpus = cpus;
+    }
+    if let (false, Some(t)) = (given("stop_timeout"), file.stop_timeout) {
+        args.stop_timeout = t;
+    }
+    args.disks.splice(0..0, file.disks);
+    args.nets.splice(0..0, file.nets);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use vmm::boot_report::BootReport;
-use vmm::{VmConfig, Vmm};
+use vmm::{ConsoleConfig, VmConfig, Vmm};
 
 use super::detach::ReadyPipe;
 use super::runtime_dir::{
@@ -30,7 +30,25 @@ impl Drop for NamedRun {
     }
 }
 
+/// `--console`, where `log` means this appliance's console log.
+pub fn console_config(console: &str, named: Option<&NamedRun>) -> Result<ConsoleConfig, String> {
+    match (console, named) {
+        ("log", Some(named)) => Ok(ConsoleConfig::Log(named.console_log())),
+        ("log", None) => Err(
+            "--console log needs --name: the log lives in the appliance's runtime directory".into(),
+        ),
+        (other, _) => other
+            .parse()
+            .map_err(|e: vmm::config::ConfigError| e.to_string()),
+    }
+}
+
 impl NamedRun {
+    /// `claim` for a named run; nothing for an unnamed one.
+    pub fn claim_if_named(name: Option<&str>) -> Result<Option<Self>, RuntimeDirError> {
+        name.map(Self::claim).transpose()
+    }
+
     /// Claims NAME's runtime directory (refused if NAME runs).
     pub fn claim(name: &str) -> Result<Self, RuntimeDirError> {
         Ok(NamedRun {
