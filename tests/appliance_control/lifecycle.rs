@@ -60,6 +60,12 @@ fn detach_ps_inspect_logs_stop() {
     assert_eq!(logs.lines().count(), 1, "{logs}");
     assert!(logs.starts_with("probe: tick "), "{logs}");
 
+    // `logs -f` follows until the appliance stops.
+    let mut follow = rt.cmd(&["logs", "tick1", "-f"]);
+    follow.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut follow = ChildGuard(follow.spawn().unwrap());
+    let followed = herd_run::drain(follow.0.stdout.take().unwrap());
+
     // The tick probe has no keyboard driver: stop cannot ask, so it stops
     // the VM at once (and says so) rather than waiting out the timeout.
     let t = Instant::now();
@@ -76,6 +82,10 @@ fn detach_ps_inspect_logs_stop() {
         dump(&out)
     );
     assert!(!api.exists(), "socket left behind");
+    let status = wait_until(&mut follow.0, Instant::now() + WAIT).expect("logs -f kept following");
+    assert!(status.success());
+    let followed = followed.join().unwrap();
+    assert!(last_tick(&followed) >= last_tick(&logs), "{followed}");
     let ps = rt.json(&["ps", "--all", "--json"]);
     assert_eq!(ps[0]["state"], "exited", "{ps}");
     assert_eq!(rt.json(&["ps", "--json"]), Value::Array(vec![]));
