@@ -62,8 +62,10 @@ echo "testhost: end svc-console exit=0 uptime=$(now)"
 run_guest reboot run $args --disk $G/svc.img \
 	--cmdline "herd.run=\"dmesg | grep EXT4-fs | sed 's/^/herd-test: /'\""
 
-# 2. A guest that ignores Ctrl-Alt-Del: forced off after the timeout.
-herd run --name deaf --detach $args --cmdline 'init=/bin/sh -- -c "mount -t proc proc /proc; echo 0 >/proc/sys/kernel/ctrl-alt-del; echo herd-test: deaf-ready-$$; while true; do sleep 1; done"'
+# 2. A guest that ignores Ctrl-Alt-Del: forced off after the timeout. Its
+# init is a shell that traps SIGINT and does nothing (without the trap, ash
+# exits on SIGINT and the kernel panics: init died).
+herd run --name deaf --detach $args --cmdline 'init=/bin/sh -- -c "trap : INT; mount -t proc proc /proc; echo 0 >/proc/sys/kernel/ctrl-alt-del; echo herd-test: deaf-ready-$$; while true; do sleep 1; done"'
 say "deaf detach exit=$?"
 # deaf-ready-1 (its pid), which the kernel's own echo of the command line lacks
 wait_log deaf "herd-test: deaf-ready-1" 180 || say "deaf never got ready"
