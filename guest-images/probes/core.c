@@ -507,6 +507,32 @@ static void __attribute__((noreturn)) action_tick(void)
 	}
 }
 
+/* Reads the serial port (polling the line status register) and prints
+ * every line it receives as "probe: got <line>", forever (console tests). */
+static void __attribute__((noreturn)) action_echo(void)
+{
+	char line[128];
+	int n = 0;
+	puts("probe: echo ready\n");
+	for (;;) {
+		if (!(inb(COM1_LSR) & 1)) {
+			for (int i = 0; i < 100000; i++)
+				cpu_relax();
+			continue;
+		}
+		char c = (char)inb(COM1);
+		if (c == '\r' || c == '\n') {
+			line[n] = 0;
+			puts("probe: got ");
+			puts(line);
+			puts("\n");
+			n = 0;
+		} else if (n < (int)sizeof(line) - 1) {
+			line[n++] = c;
+		}
+	}
+}
+
 /* Enables the i8042 keyboard interrupt as a driver would (so herd sees a
  * listener), then polls for Ctrl-Alt-Del in scan-code set 2. "kbd" exits
  * 0 when it arrives; "kbd-ignore" reports it and keeps running. */
@@ -563,6 +589,8 @@ static void __attribute__((noreturn)) run_action(void)
 		action_print_lots(a + 11);
 	if (word_is(a, "tick"))
 		action_tick();
+	if (word_is(a, "echo"))
+		action_echo();
 	if (word_is(a, "kbd"))
 		action_kbd(0);
 	if (word_is(a, "kbd-ignore"))
