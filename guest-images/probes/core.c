@@ -507,6 +507,17 @@ static void __attribute__((noreturn)) action_tick(void)
 	}
 }
 
+/* Waits until bit 0 of `status_port` is set (data ready on COM1's line
+ * status register or the i8042 status), then reads a byte from `data_port`.
+ * Polls gently: each poll is a VM exit. */
+static u8 poll_byte(u16 status_port, u16 data_port)
+{
+	while (!(inb(status_port) & 1))
+		for (int i = 0; i < 100000; i++)
+			cpu_relax();
+	return inb(data_port);
+}
+
 /* Reads the serial port (polling the line status register) and prints
  * every line it receives as "probe: got <line>", forever (console tests). */
 static void __attribute__((noreturn)) action_echo(void)
@@ -515,12 +526,7 @@ static void __attribute__((noreturn)) action_echo(void)
 	int n = 0;
 	puts("probe: echo ready\n");
 	for (;;) {
-		if (!(inb(COM1_LSR) & 1)) {
-			for (int i = 0; i < 100000; i++)
-				cpu_relax();
-			continue;
-		}
-		char c = (char)inb(COM1);
+		char c = (char)poll_byte(COM1_LSR, COM1);
 		if (c == '\r' || c == '\n') {
 			line[n] = 0;
 			puts("probe: got ");
@@ -544,12 +550,7 @@ static void __attribute__((noreturn)) action_kbd(int ignore)
 	outb(0x60, 0x05);        /* ...keyboard interrupt on, system flag */
 	puts("probe: kbd listening\n");
 	for (;;) {
-		if (!(inb(PORT_I8042) & 1)) {
-			for (int i = 0; i < 100000; i++)
-				cpu_relax();
-			continue;
-		}
-		u8 b = inb(0x60);
+		u8 b = poll_byte(PORT_I8042, 0x60);
 		matched = b == cad[matched] ? matched + 1 : (b == cad[0]);
 		if (matched < 4)
 			continue;
