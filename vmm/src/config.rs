@@ -12,11 +12,12 @@ pub const MIN_MEM_MIB: u64 = 16;
 pub const MAX_MEM_MIB: u64 = 64 << 20;
 
 /// Kernel arguments every herd guest gets, before the user's own.
-/// `reboot=k` makes Linux reboot through the i8042 (herd has no ACPI),
 /// `panic=1` turns a panic into a reboot herd can see, `8250.nr_uarts=1`
-/// spares the guest probing three serial ports that are not there.
+/// spares the guest probing three serial ports that are not there. No
+/// `reboot=`: Linux's default tries the FADT's reset register first and
+/// falls back to the i8042, which covers guests with and without ACPI.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
