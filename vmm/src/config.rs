@@ -142,6 +142,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub console: ConsoleConfig,
     pub boot_report: Option<PathBuf>,
+    /// A virtio-rng device fed by the host's getrandom (after the NICs).
+    pub rng: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -237,9 +239,13 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// Root, then disks, then NICs: the order of their MMIO slots.
+    /// Root, then disks, then NICs, then the rng: the order of their MMIO
+    /// slots.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.root.is_some()) + self.disks.len() + self.nets.len()
+        usize::from(self.root.is_some())
+            + self.disks.len()
+            + self.nets.len()
+            + usize::from(self.rng)
     }
 
     /// herd's defaults, the root and the virtio devices, then the user's
@@ -281,6 +287,7 @@ mod tests {
             cpus: 1,
             console: ConsoleConfig::None,
             boot_report: None,
+            rng: false,
         }
     }
 

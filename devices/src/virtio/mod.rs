@@ -6,6 +6,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;

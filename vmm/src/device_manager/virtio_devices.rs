@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::net::{mac_from_name, Net, NetConfig, NetError};
+use devices::virtio::rng::{HostEntropy, Rng, RngError};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
@@ -23,6 +24,8 @@ pub enum VirtioDeviceError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
+    Rng(#[from] RngError),
+    #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error(transparent)]
     HostNet(#[from] crate::host_net::HostNetError),
@@ -31,6 +34,7 @@ pub enum VirtioDeviceError {
 pub enum VirtioDeviceHandle {
     Block(Arc<Mutex<Block>>),
     Net(Arc<Mutex<Net>>),
+    Rng(Arc<Mutex<Rng>>),
 }
 
 /// The serial a guest reads from /sys/block/vdX/serial: the image's file
@@ -47,7 +51,7 @@ pub fn disk_serial(path: &Path) -> String {
     stem[..end].to_owned()
 }
 
-/// Root first, then disks, then NICs: the order of their MMIO slots and of
+/// Root first, then disks, then NICs, then the rng: the order of their MMIO slots and of
 /// the `virtio_mmio.device=` entries `VmConfig::full_cmdline` wrote.
 pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDeviceError> {
     let mut handles = Vec::new();
@@ -80,6 +84,10 @@ pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDevice
         log::debug!("NIC on TAP {} with MAC {mac:02x?}", spec.tap);
         handles.push(VirtioDeviceHandle::Net(Arc::new(Mutex::new(net))));
     }
+    if config.rng {
+        let rng = Rng::new(Box::new(HostEntropy))?;
+        handles.push(VirtioDeviceHandle::Rng(Arc::new(Mutex::new(rng))));
+    }
     Ok(handles)
 }
 
@@ -93,6 +101,7 @@ pub fn attach_all(
         match handle {
             VirtioDeviceHandle::Block(block) => mmio.attach(vm, mem, block)?,
             VirtioDeviceHandle::Net(net) => mmio.attach(vm, mem, net)?,
+            VirtioDeviceHandle::Rng(rng) => mmio.attach(vm, mem, rng)?,
         };
     }
     Ok(())

@@ -19,7 +19,7 @@ mod io;
 mod request;
 
 #[cfg(test)]
-mod test_utils;
+pub(crate) mod test_utils;
 
 pub use device::{Block, BlockConfig, BlockError};
 pub use io::{DiskError, DiskFile};
