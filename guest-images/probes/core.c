@@ -511,7 +511,8 @@ static void __attribute__((noreturn)) run_action(void)
 		action_mmio();
 	if (word_is(a, "print-lots") && a[10] == ':')
 		action_print_lots(a + 11);
-	virtio_action(a);  /* returns only if `a` is none of its actions */
+	platform_action(a);  /* these two return only if `a` is none of theirs */
+	virtio_action(a);
 	puts("probe: FAIL unknown probe.action\n");
 	exit_vm(1);
 }
