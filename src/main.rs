@@ -122,6 +122,12 @@ struct RunArgs {
     /// Write boot and teardown timings as JSON to FILE when the VM stops.
     #[arg(long, value_name = "FILE")]
     boot_report: Option<PathBuf>,
+    /// A virtio-vsock device whose host side is the Unix socket PATH
+    /// (guest CID 3): host programs connect to PATH and write
+    /// `CONNECT <port>\n` (herd answers `OK <n>\n`); guest connections to
+    /// CID 2 port P reach the Unix socket PATH_P.
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
     /// No virtio-rng device (by default the guest gets one, fed by the
     /// host's getrandom, so it has entropy at first boot).
     #[arg(long)]
@@ -231,6 +237,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         console,
         boot_report: args.boot_report,
         rng: !args.no_rng,
+        vsock: args.vsock,
     };
     let vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,

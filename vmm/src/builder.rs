@@ -69,6 +69,7 @@ impl BuildError {
                     VirtioDeviceError::Block(_)
                         | VirtioDeviceError::Net(_)
                         | VirtioDeviceError::HostNet(_)
+                        | VirtioDeviceError::Vsock(_)
                 )
         )
     }

@@ -144,6 +144,9 @@ pub struct VmConfig {
     pub boot_report: Option<PathBuf>,
     /// A virtio-rng device fed by the host's getrandom (after the NICs).
     pub rng: bool,
+    /// A virtio-vsock device (guest CID 3) whose host side is this Unix
+    /// socket, Firecracker's hybrid-vsock convention (after the rng).
+    pub vsock: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -288,6 +291,7 @@ mod tests {
             console: ConsoleConfig::None,
             boot_report: None,
             rng: false,
+            vsock: None,
         }
     }
 
