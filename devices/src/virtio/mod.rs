@@ -6,6 +6,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod queue_loop;
 pub mod rng;
 pub mod vsock;
 

@@ -5,13 +5,14 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::entropy::EntropySource;
 use super::{BYTES_PER_CHAIN, BYTES_PER_RUN, QUEUE_SIZE, TYPE_RNG};
 use crate::virtio::interrupt::INT_USED_RING;
+use crate::virtio::queue_loop::{serve_chains, QueueOutcome};
 use crate::virtio::{ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,6 @@ pub struct Rng {
     broken: bool,
     /// Bytes handed to the guest since the device was created.
     served: u64,
-}
-
-enum Outcome {
-    Done,
-    Yield,
-    Broken(String),
 }
 
 impl Rng {
@@ -77,13 +72,13 @@ impl Rng {
             }
         }
         match outcome {
-            Outcome::Done => {}
-            Outcome::Yield => {
+            QueueOutcome::Done => {}
+            QueueOutcome::Yield => {
                 if let Err(e) = self.queue_evts[0].write(1) {
                     log::error!("virtio-rng: cannot requeue: {e}");
                 }
             }
-            Outcome::Broken(why) => {
+            QueueOutcome::Broken(why) => {
                 log::error!(
                     "virtio-rng: malformed request from the driver: {why}; the device stops until the driver resets it"
                 );
@@ -95,85 +90,40 @@ impl Rng {
 }
 
 /// Fills every chain the driver made available, within the per-run budget.
-fn serve(active: &mut ActiveState, source: &mut dyn EntropySource) -> (Outcome, u16, u64) {
+fn serve(active: &mut ActiveState, source: &mut dyn EntropySource) -> (QueueOutcome, usize, u64) {
     let ActiveState { mem, queue, .. } = active;
-    let mut chains: u16 = 0;
     let mut bytes: usize = 0;
     let mut buf = [0u8; BYTES_PER_CHAIN];
-    loop {
-        if let Err(e) = queue.disable_notification(&*mem) {
-            return (
-                Outcome::Broken(format!("used ring: {e}")),
-                chains,
-                bytes as u64,
-            );
-        }
-        if let Err(e) = queue.iter(&*mem) {
-            return (
-                Outcome::Broken(format!("available ring: {e}")),
-                chains,
-                bytes as u64,
-            );
-        }
-        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-            let head = chain.head_index();
-            let mut written: usize = 0;
-            for desc in chain {
-                if !desc.is_write_only() {
-                    return (
-                        Outcome::Broken(format!("chain at {head} has a device-readable buffer")),
-                        chains,
-                        bytes as u64,
-                    );
-                }
-                let room = BYTES_PER_CHAIN - written;
-                let len = usize::try_from(desc.len()).unwrap_or(usize::MAX).min(room);
-                if len == 0 {
-                    continue;
-                }
-                let chunk = &mut buf[..len];
-                if let Err(e) = source.fill(chunk) {
-                    // Better no bytes than predictable ones: this request
-                    // gets none, the driver will ask again.
-                    log::warn!("virtio-rng: the host's entropy source failed: {e}");
-                    break;
-                }
-                if let Err(e) = mem.write_slice(chunk, desc.addr()) {
-                    return (
-                        Outcome::Broken(format!("chain at {head}: {e}")),
-                        chains,
-                        bytes as u64,
-                    );
-                }
-                written += len;
+    let budget = |used: u32| {
+        bytes += used as usize;
+        bytes < BYTES_PER_RUN
+    };
+    let (outcome, chains) = serve_chains(queue, mem, budget, |chain| {
+        let mut written: usize = 0;
+        for desc in chain {
+            if !desc.is_write_only() {
+                return Err("device-readable buffer".into());
             }
-            // `written` is at most BYTES_PER_CHAIN.
-            let used = u32::try_from(written).unwrap_or(0);
-            if let Err(e) = queue.add_used(&*mem, head, used) {
-                return (
-                    Outcome::Broken(format!("used ring: {e}")),
-                    chains,
-                    bytes as u64,
-                );
+            let room = BYTES_PER_CHAIN - written;
+            let len = usize::try_from(desc.len()).unwrap_or(usize::MAX).min(room);
+            if len == 0 {
+                continue;
             }
-            chains = chains.saturating_add(1);
-            bytes += written;
-            if bytes >= BYTES_PER_RUN {
-                return (Outcome::Yield, chains, bytes as u64);
+            let chunk = &mut buf[..len];
+            if let Err(e) = source.fill(chunk) {
+                // Better no bytes than predictable ones: this request gets
+                // none, the driver will ask again.
+                log::warn!("virtio-rng: the host's entropy source failed: {e}");
+                break;
             }
+            mem.write_slice(chunk, desc.addr())
+                .map_err(|e| e.to_string())?;
+            written += len;
         }
-        match queue.enable_notification(&*mem) {
-            Ok(true) => continue,
-            Ok(false) => return (Outcome::Done, chains, bytes as u64),
-            Err(e) => {
-                return (
-                    Outcome::Broken(format!("available ring: {e}")),
-                    chains,
-                    bytes as u64,
-                )
-            }
-        }
-    }
+        // At most BYTES_PER_CHAIN.
+        Ok(u32::try_from(written).unwrap_or(0))
+    });
+    (outcome, chains, bytes as u64)
 }
 
 impl VirtioDevice for Rng {

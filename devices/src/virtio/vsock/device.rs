@@ -14,6 +14,7 @@ use super::muxer::{Interest, Muxer, MuxerError};
 use super::packet::{read_tx, rx_capacity, write_rx};
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE, TYPE_VSOCK};
 use crate::virtio::interrupt::INT_USED_RING;
+use crate::virtio::queue_loop::{serve_chains, QueueOutcome};
 use crate::virtio::{
     read_config_bytes, ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
@@ -41,12 +42,6 @@ pub struct Vsock {
     queue_evts: [EventFd; 3],
     active: Option<ActiveState>,
     broken: bool,
-}
-
-enum Outcome {
-    Done,
-    Yield,
-    Broken(String),
 }
 
 impl Vsock {
@@ -80,15 +75,15 @@ impl Vsock {
         }
     }
 
-    fn finish(&mut self, queue: usize, outcome: Outcome) {
+    fn finish(&mut self, queue: usize, outcome: QueueOutcome) {
         match outcome {
-            Outcome::Done => {}
-            Outcome::Yield => {
+            QueueOutcome::Done => {}
+            QueueOutcome::Yield => {
                 if let Err(e) = self.queue_evts[queue].write(1) {
                     log::error!("virtio-vsock: cannot requeue: {e}");
                 }
             }
-            Outcome::Broken(why) => self.give_up(&why),
+            QueueOutcome::Broken(why) => self.give_up(&why),
         }
     }
 
@@ -130,50 +125,34 @@ fn notify(active: &mut ActiveState, queue: usize) {
     }
 }
 
-fn serve_tx(active: &mut ActiveState, muxer: &mut Muxer) -> (Outcome, usize) {
+fn serve_tx(active: &mut ActiveState, muxer: &mut Muxer) -> (QueueOutcome, usize) {
     let ActiveState { mem, queues, .. } = active;
-    let queue = &mut queues[TX_QUEUE];
-    let mut served = 0;
-    loop {
-        if let Err(e) = queue.disable_notification(&*mem) {
-            return (Outcome::Broken(format!("TX used ring: {e}")), served);
-        }
-        if let Err(e) = queue.iter(&*mem) {
-            return (Outcome::Broken(format!("TX available ring: {e}")), served);
-        }
-        while let Some(mut chain) = queue.pop_descriptor_chain(&*mem) {
-            let head = chain.head_index();
-            match read_tx(mem, &mut chain) {
-                Ok(pkt) => muxer.handle_tx(pkt),
-                Err(e) => return (Outcome::Broken(format!("TX chain at {head}: {e}")), served),
-            }
-            if let Err(e) = queue.add_used(&*mem, head, 0) {
-                return (Outcome::Broken(format!("TX used ring: {e}")), served);
-            }
-            served += 1;
-            if served >= CHAINS_PER_RUN {
-                return (Outcome::Yield, served);
-            }
-        }
-        match queue.enable_notification(&*mem) {
-            Ok(true) => continue,
-            Ok(false) => return (Outcome::Done, served),
-            Err(e) => return (Outcome::Broken(format!("TX available ring: {e}")), served),
-        }
-    }
+    let mut left = CHAINS_PER_RUN;
+    let budget = |_| {
+        left -= 1;
+        left > 0
+    };
+    serve_chains(&mut queues[TX_QUEUE], mem, budget, |mut chain| {
+        let pkt = read_tx(mem, &mut chain).map_err(|e| e.to_string())?;
+        muxer.handle_tx(pkt);
+        Ok(0)
+    })
 }
 
-fn serve_rx(active: &mut ActiveState, muxer: &mut Muxer) -> (Outcome, usize) {
+fn serve_rx(active: &mut ActiveState, muxer: &mut Muxer) -> (QueueOutcome, usize) {
     let ActiveState { mem, queues, .. } = active;
     let queue = &mut queues[RX_QUEUE];
     let guest_cid = muxer.guest_cid();
     let mut served = 0;
     loop {
         if let Err(e) = queue.disable_notification(&*mem) {
-            return (Outcome::Broken(format!("RX used ring: {e}")), served);
+            return (QueueOutcome::Broken(format!("RX used ring: {e}")), served);
         }
         if let Err(e) = queue.iter(&*mem) {
-            return (Outcome::Broken(format!("RX available ring: {e}")), served);
+            return (
+                QueueOutcome::Broken(format!("RX available ring: {e}")),
+                served,
+            );
         }
         while muxer.has_rx() {
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
@@ -182,34 +161,49 @@ fn serve_rx(active: &mut ActiveState, muxer: &mut Muxer) -> (Outcome, usize) {
             let head = chain.head_index();
             let capacity = match rx_capacity(mem, &mut chain.clone()) {
                 Ok(c) => c,
-                Err(e) => return (Outcome::Broken(format!("RX chain at {head}: {e}")), served),
+                Err(e) => {
+                    return (
+                        QueueOutcome::Broken(format!("RX chain at {head}: {e}")),
+                        served,
+                    )
+                }
             };
             let Some(pkt) = muxer.next_rx(capacity) else {
                 // Only data is waiting and this buffer has no room for any.
                 queue.go_to_previous_position();
-                return (Outcome::Done, served);
+                return (QueueOutcome::Done, served);
             };
             let used = match write_rx(mem, &mut chain.clone(), guest_cid, &pkt) {
                 Ok(used) => used,
-                Err(e) => return (Outcome::Broken(format!("RX chain at {head}: {e}")), served),
+                Err(e) => {
+                    return (
+                        QueueOutcome::Broken(format!("RX chain at {head}: {e}")),
+                        served,
+                    )
+                }
             };
             if let Err(e) = queue.add_used(&*mem, head, used) {
-                return (Outcome::Broken(format!("RX used ring: {e}")), served);
+                return (QueueOutcome::Broken(format!("RX used ring: {e}")), served);
             }
             served += 1;
             if served >= CHAINS_PER_RUN {
-                return (Outcome::Yield, served);
+                return (QueueOutcome::Yield, served);
             }
         }
         if !muxer.has_rx() {
             // Nothing to send: leave notifications off; the muxer wakes us.
-            return (Outcome::Done, served);
+            return (QueueOutcome::Done, served);
         }
         // Out of buffers with packets waiting: hear about the next ones.
         match queue.enable_notification(&*mem) {
             Ok(true) => continue,
-            Ok(false) => return (Outcome::Done, served),
-            Err(e) => return (Outcome::Broken(format!("RX available ring: {e}")), served),
+            Ok(false) => return (QueueOutcome::Done, served),
+            Err(e) => {
+                return (
+                    QueueOutcome::Broken(format!("RX available ring: {e}")),
+                    served,
+                )
+            }
         }
     }
 }
