@@ -12,12 +12,15 @@ pub const MIN_MEM_MIB: u64 = 16;
 pub const MAX_MEM_MIB: u64 = 64 << 20;
 
 /// Kernel arguments every herd guest gets, before the user's own.
-/// `panic=1` turns a panic into a reboot herd can see, `8250.nr_uarts=1`
-/// spares the guest probing three serial ports that are not there. No
-/// `reboot=`: Linux's default tries the FADT's reset register first and
-/// falls back to the i8042, which covers guests with and without ACPI.
+/// `reboot=a` makes Linux reboot through the FADT's reset register, falling
+/// back to the i8042 when ACPI is off; without it, a kernel built with EFI
+/// support (Debian's) treats a hardware-reduced ACPI machine as an EFI one,
+/// and with no EFI firmware it ends up jumping to a BIOS reset vector that
+/// is not there. `panic=1` turns a panic into a reboot herd can see,
+/// `8250.nr_uarts=1` spares the guest probing three serial ports that are
+/// not there.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=a panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
