@@ -11,8 +11,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnState, Connection, Pumped};
 use super::packet::{RxPacket, TxPacket};
@@ -27,6 +29,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// `CONNECT 4294967295\n` and some slack.
 const MAX_CONNECT_LINE: usize = 32;
+/// How long a host waits for the guest to accept (Firecracker's value): a
+/// guest without a vsock driver, or one that ignores the request, must not
+/// leave the host hanging.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
@@ -37,6 +43,8 @@ pub enum MuxerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot create the vsock connect timer: {0}")]
+    Timer(vmm_sys_util::errno::Error),
 }
 
 /// A change to what the event loop should watch.
@@ -63,6 +71,9 @@ pub struct Muxer {
     control: VecDeque<RxPacket>,
     rx_ready: VecDeque<Key>,
     next_local_port: u32,
+    /// Host-initiated connections the guest has not answered, and since when.
+    pending_since: HashMap<Key, Instant>,
+    timer: TimerFd,
 }
 
 impl Muxer {
@@ -93,8 +104,12 @@ impl Muxer {
             control: VecDeque::new(),
             rx_ready: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            pending_since: HashMap::new(),
+            timer: TimerFd::new().map_err(MuxerError::Timer)?,
         };
         let fd = muxer.listener.as_raw_fd();
+        muxer.watch(fd, Some(EventSet::IN));
+        let fd = muxer.timer.as_raw_fd();
         muxer.watch(fd, Some(EventSet::IN));
         Ok(muxer)
     }
@@ -158,6 +173,7 @@ impl Muxer {
     }
 
     fn remove(&mut self, key: Key) {
+        self.pending_since.remove(&key);
         if let Some(conn) = self.conns.remove(&key) {
             let fd = conn.stream.as_raw_fd();
             self.watch(fd, None);
@@ -205,6 +221,7 @@ impl Muxer {
                     return self.reset(key);
                 }
                 conn.state = ConnState::Established;
+                self.pending_since.remove(&key);
             }
             (ConnState::Established, OP_RW) => {
                 if let Err(why) = conn.send_to_host(&pkt.data) {
@@ -317,6 +334,9 @@ impl Muxer {
         if fd == self.listener.as_raw_fd() {
             return self.accept();
         }
+        if fd == self.timer.as_raw_fd() {
+            return self.expire_requests();
+        }
         if self.accepting.contains_key(&fd) {
             return self.read_connect_line(fd);
         }
@@ -409,6 +429,41 @@ impl Muxer {
         self.by_fd.insert(conn.stream.as_raw_fd(), key);
         self.conns.insert(key, conn);
         self.reply(key, OP_REQUEST, 0);
+        self.pending_since.insert(key, Instant::now());
+        self.arm_timer();
+    }
+
+    /// Fires when the oldest unanswered host request times out.
+    fn arm_timer(&mut self) {
+        let Some(oldest) = self.pending_since.values().min() else {
+            return;
+        };
+        let left = CONNECT_TIMEOUT.saturating_sub(oldest.elapsed());
+        // A zero duration would disarm the timer.
+        let left = left.max(Duration::from_millis(1));
+        if let Err(e) = self.timer.reset(left, None) {
+            log::error!("vsock: cannot arm the connect timer: {e}");
+        }
+    }
+
+    /// Closes host connections the guest did not answer in time: the host
+    /// sees EOF instead of `OK`, as for a refusal.
+    fn expire_requests(&mut self) {
+        let _ = self.timer.wait();
+        let expired: Vec<Key> = self
+            .pending_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= CONNECT_TIMEOUT)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in expired {
+            log::debug!(
+                "vsock: guest did not answer the host's connect to port {}",
+                key.1
+            );
+            self.reset(key);
+        }
+        self.arm_timer();
     }
 
     fn allocate_local_port(&mut self) -> u32 {

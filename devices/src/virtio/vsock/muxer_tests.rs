@@ -302,3 +302,23 @@ fn a_stale_socket_is_replaced_and_a_file_is_not() {
     ));
     assert_eq!(std::fs::read(&file.0).unwrap(), b"data");
 }
+
+/// A guest that never answers (no vsock driver, or a hung one): the host
+/// gets EOF after CONNECT_TIMEOUT, and the guest a reset.
+#[test]
+fn unanswered_connect_times_out() {
+    let sock = TempSock::new();
+    let mut m = Muxer::new(&sock.0, GUEST).unwrap();
+    let mut w = HashMap::new();
+    let mut host = UnixStream::connect(&sock.0).unwrap();
+    host.write_all(b"CONNECT 80\n").unwrap();
+    let out = drive(&mut m, &mut w);
+    assert_eq!(ops(&out), [OP_REQUEST]);
+    std::thread::sleep(CONNECT_TIMEOUT);
+    let out = drive(&mut m, &mut w);
+    assert_eq!(ops(&out), [OP_RST]);
+    assert_eq!(m.connection_count(), 0);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(host.read_to_end(&mut buf).unwrap(), 0);
+}
