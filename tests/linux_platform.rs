@@ -119,9 +119,18 @@ fn run(name: &str) -> GuestRun<'static> {
     suite().finished_run(name)
 }
 
+/// The guest line starting with `prefix` (the kernel's echo of its command
+/// line contains the same words, so `contains` would find that first).
+fn line_starting<'a>(r: &'a GuestRun, prefix: &str) -> &'a str {
+    r.lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| r.fail(&format!("no guest line starts with {prefix:?}")))
+}
+
 /// `key=value` from the guest's `platform:` line.
 fn platform_value(r: &GuestRun, key: &str) -> u64 {
-    let line = r.assert_contains("platform: nproc=");
+    let line = line_starting(r, "platform: nproc=");
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
@@ -282,11 +291,11 @@ fn vsock_unlistened_port_is_refused() {
 #[test]
 fn guest_draws_entropy_from_virtio_rng() {
     let r = run("vsock");
-    let line = r.assert_contains("platform: entropy=");
+    let line = line_starting(&r, "platform: entropy=");
     if !line.contains("rng=virtio_rng") {
         r.fail(&format!("the guest's hwrng is not virtio-rng: {line:?}"));
     }
-    let hw = r.assert_contains("platform: hwrng ");
+    let hw = line_starting(&r, "platform: hwrng ");
     let bytes: Vec<&str> = hw.split_whitespace().skip(2).collect();
     if bytes.len() != 16 || bytes.iter().all(|b| *b == "00") {
         r.fail(&format!("16 random bytes expected from /dev/hwrng: {hw:?}"));
