@@ -142,6 +142,16 @@ struct RunArgs {
     /// Write boot and teardown timings as JSON to FILE when the VM stops.
     #[arg(long, value_name = "FILE")]
     boot_report: Option<PathBuf>,
+    /// A virtio-vsock device whose host side is the Unix socket PATH
+    /// (guest CID 3): host programs connect to PATH and write
+    /// `CONNECT <port>\n` (herd answers `OK <n>\n`); guest connections to
+    /// CID 2 port P reach the Unix socket PATH_P.
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
+    /// No virtio-rng device (by default the guest gets one, fed by the
+    /// host's getrandom, so it has entropy at first boot).
+    #[arg(long)]
+    no_rng: bool,
     /// Log level for herd's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
@@ -306,6 +316,8 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         cpus: args.cpus,
         console,
         boot_report: args.boot_report,
+        rng: !args.no_rng,
+        vsock: args.vsock,
     };
     let mut vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,

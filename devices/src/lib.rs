@@ -1,6 +1,8 @@
 //! Device emulation for herd guests: the I/O buses and the legacy devices a
-//! microVM needs (serial console, i8042 reset, boot timer, exit device).
+//! microVM needs (serial console, i8042 reset, boot timer, exit device), and
+//! the ACPI sleep/reset registers and power button.
 
+pub mod acpi;
 pub mod bus;
 pub mod legacy;
 pub mod stop;

@@ -596,7 +596,8 @@ static void __attribute__((noreturn)) run_action(void)
 		action_kbd(0);
 	if (word_is(a, "kbd-ignore"))
 		action_kbd(1);
-	virtio_action(a);  /* returns only if `a` is none of its actions */
+	platform_action(a);  /* these two return only if `a` is none of theirs */
+	virtio_action(a);
 	puts("probe: FAIL unknown probe.action\n");
 	exit_vm(1);
 }

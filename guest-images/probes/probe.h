@@ -36,6 +36,9 @@ int probe_map_mmio(void);
 /* virtio.c: runs probe.action=blk/net/... and never returns, or returns
  * if `action` is not one of its actions. */
 void virtio_action(const char *action);
+/* platform.c: probe.action=acpi-poweroff/acpi-reset/acpi-garbage/cmos;
+ * returns if `action` is none of them. */
+void platform_action(const char *action);
 #endif
 
 #endif

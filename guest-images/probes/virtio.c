@@ -446,4 +446,8 @@ void virtio_action(const char *a)
 		net_action(0);
 	if (word_is(a, "net-garbage"))
 		net_action(1);
+	if (word_is(a, "rng"))
+		rng_action(0);
+	if (word_is(a, "rng-garbage"))
+		rng_action(1);
 }

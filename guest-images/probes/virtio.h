@@ -146,6 +146,7 @@ void vzero(void *p, u32 n);
 
 void __attribute__((noreturn)) blk_action(int garbage);
 void __attribute__((noreturn)) net_action(int garbage);
+void __attribute__((noreturn)) rng_action(int garbage);
 /* probe.then=spin: park (for "disk in use" tests) instead of exiting 0. */
 void __attribute__((noreturn)) vfinish(void);
 

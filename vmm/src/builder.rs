@@ -9,6 +9,7 @@ use kvm_ioctls::Kvm;
 use linux_loader::cmdline::Cmdline;
 
 use crate::api::VmDescription;
+use crate::arch::x86_64::acpi::{self, AcpiError, AcpiMmioDevice};
 use crate::arch::x86_64::layout::{self, CMDLINE_MAX_SIZE};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::EntryMode;
@@ -48,6 +49,8 @@ pub enum BuildError {
     #[error(transparent)]
     Mptable(#[from] MptableError),
     #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
     Devices(#[from] DeviceError),
     #[error(transparent)]
     VirtioDevices(#[from] VirtioDeviceError),
@@ -69,6 +72,7 @@ impl BuildError {
                     VirtioDeviceError::Block(_)
                         | VirtioDeviceError::Net(_)
                         | VirtioDeviceError::HostNet(_)
+                        | VirtioDeviceError::Vsock(_)
                 )
         )
     }
@@ -119,6 +123,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         EntryMode::Pvh => boot::write_pvh_start_info(&guest_memory, &memory_map, initrd)?,
     }
     mptable::setup(&guest_memory, cpu_count)?;
+    acpi::setup(&guest_memory, cpu_count, &acpi_mmio_devices(config))?;
     timeline.phase_done("kernel_load");
 
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
@@ -215,6 +220,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         serial: legacy.serial,
         boot_timer: legacy.boot_timer,
         panic_message: legacy.panic_message,
+        power_button: legacy.power_button,
         device_subscribers: mmio.subscribers,
         console_input: matches!(config.console, ConsoleConfig::Stdio),
         timeline,
@@ -225,4 +231,17 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         console_hub: legacy.console_hub,
         console_socket: None,
     })
+}
+
+/// The virtio-mmio devices as the DSDT describes them: the same slots the
+/// command line's `virtio_mmio.device=` entries name.
+fn acpi_mmio_devices(config: &VmConfig) -> Vec<AcpiMmioDevice> {
+    (0..config.virtio_device_count())
+        .filter_map(|index| device_manager::mmio_slot(index).ok())
+        .map(|slot| AcpiMmioDevice {
+            base: slot.base,
+            size: devices::virtio::MMIO_DEVICE_SIZE,
+            gsi: slot.irq,
+        })
+        .collect()
 }

@@ -12,11 +12,15 @@ pub const MIN_MEM_MIB: u64 = 16;
 pub const MAX_MEM_MIB: u64 = 64 << 20;
 
 /// Kernel arguments every herd guest gets, before the user's own.
-/// `reboot=k` makes Linux reboot through the i8042 (herd has no ACPI),
-/// `panic=1` turns a panic into a reboot herd can see, `8250.nr_uarts=1`
-/// spares the guest probing three serial ports that are not there.
+/// `reboot=a` makes Linux reboot through the FADT's reset register, falling
+/// back to the i8042 when ACPI is off; without it, a kernel built with EFI
+/// support (Debian's) treats a hardware-reduced ACPI machine as an EFI one,
+/// and with no EFI firmware it ends up jumping to a BIOS reset vector that
+/// is not there. `panic=1` turns a panic into a reboot herd can see,
+/// `8250.nr_uarts=1` spares the guest probing three serial ports that are
+/// not there.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=a panic=1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +147,11 @@ pub struct VmConfig {
     pub cpus: u32,
     pub console: ConsoleConfig,
     pub boot_report: Option<PathBuf>,
+    /// A virtio-rng device fed by the host's getrandom (after the NICs).
+    pub rng: bool,
+    /// A virtio-vsock device (guest CID 3) whose host side is this Unix
+    /// socket, Firecracker's hybrid-vsock convention (after the rng).
+    pub vsock: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -238,9 +247,13 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// Root, then disks, then NICs: the order of their MMIO slots.
+    /// Root, then disks, then NICs, then the rng: the order of their MMIO
+    /// slots.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.root.is_some()) + self.disks.len() + self.nets.len()
+        usize::from(self.root.is_some())
+            + self.disks.len()
+            + self.nets.len()
+            + usize::from(self.rng)
     }
 
     /// herd's defaults, the root and the virtio devices, then the user's
@@ -282,6 +295,8 @@ mod tests {
             cpus: 1,
             console: ConsoleConfig::None,
             boot_report: None,
+            rng: false,
+            vsock: None,
         }
     }
 

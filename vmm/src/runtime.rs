@@ -62,6 +62,7 @@ pub struct Vmm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
     pub(crate) panic_message: Arc<Mutex<Option<String>>>,
+    pub(crate) power_button: devices::acpi::PowerButton,
     pub(crate) device_subscribers: Vec<Subscriber>,
     pub(crate) console_input: bool,
     pub(crate) timeline: BootTimeline,
@@ -104,6 +105,12 @@ impl Vmm {
             self.serial.clone(),
         )?);
         Ok(())
+    }
+
+    /// A handle that presses the guest's ACPI power button (a graceful stop
+    /// request); it stays valid while the VM runs.
+    pub fn power_button(&self) -> devices::acpi::PowerButton {
+        self.power_button.clone()
     }
 
     /// Runs the guest until it stops, then stops every vCPU.

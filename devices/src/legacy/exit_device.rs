@@ -1,6 +1,7 @@
 //! Exit device: the guest writes one byte to a port and herd exits with that
 //! byte as its status. Load-test clients report pass or fail this way, and
-//! guest inits use it for `poweroff` since herd emulates no ACPI.
+//! herd's base-image init uses it for `poweroff`, which also works in guests
+//! booted with `acpi=off` (ACPI guests can power off through S5 instead).
 
 use crate::bus::BusDevice;
 use crate::stop::{StopReason, VmStop};

@@ -6,6 +6,9 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod queue_loop;
+pub mod rng;
+pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;

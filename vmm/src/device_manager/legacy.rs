@@ -7,9 +7,13 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use devices::acpi::{
+    AcpiSleepReset, PowerButton, ACPI_SLEEP_RESET_PORT, ACPI_SLEEP_RESET_PORT_LEN, POWER_BUTTON_GSI,
+};
 use devices::legacy::{
-    BootTimer, BootTimerReading, ExitDevice, GuestReady, SerialDevice, BOOT_TIMER_PORT, COM1_IRQ,
-    COM1_PORT, COM1_PORT_LEN, EXIT_DEVICE_PORT, I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN,
+    BootTimer, BootTimerReading, Cmos, ExitDevice, GuestReady, SerialDevice, BOOT_TIMER_PORT,
+    CMOS_PORT, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, EXIT_DEVICE_PORT, I8042,
+    I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN,
 };
 use devices::{Bus, BusError, EventFdTrigger, StopReason, VmStop};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -37,6 +41,8 @@ pub enum DeviceError {
     SerialIrq(kvm_ioctls::Error),
     #[error("cannot connect the i8042 keyboard to guest IRQ {I8042_KBD_IRQ}: {0}")]
     KeyboardIrq(kvm_ioctls::Error),
+    #[error("cannot connect the ACPI power button to guest IRQ {POWER_BUTTON_GSI}: {0}")]
+    PowerButtonIrq(kvm_ioctls::Error),
 }
 
 /// What the legacy devices share with the rest of the VMM.
@@ -48,6 +54,7 @@ pub struct LegacyDevices {
     pub i8042: Arc<Mutex<I8042>>,
     pub panic_message: Arc<Mutex<Option<String>>>,
     pub console_hub: Arc<ConsoleHub>,
+    pub power_button: PowerButton,
 }
 
 fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
@@ -121,6 +128,7 @@ pub fn create_legacy_devices(
         EXIT_DEVICE_PORT,
         1,
     )?;
+    let power_button = attach_acpi_devices(vm, &mut pio_bus, stop)?;
     Ok(LegacyDevices {
         pio_bus,
         serial,
@@ -129,7 +137,27 @@ pub fn create_legacy_devices(
         i8042,
         panic_message,
         console_hub,
+        power_button,
     })
+}
+
+/// The CMOS RTC, the ACPI sleep/reset registers and the ACPI power button
+/// (which the DSDT built in arch::x86_64::acpi describes).
+fn attach_acpi_devices(
+    vm: &VmFd,
+    pio_bus: &mut Bus,
+    stop: &VmStop,
+) -> Result<PowerButton, DeviceError> {
+    pio_bus.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, CMOS_PORT_LEN)?;
+    pio_bus.insert(
+        Arc::new(Mutex::new(AcpiSleepReset::new(stop.clone()))),
+        ACPI_SLEEP_RESET_PORT,
+        ACPI_SLEEP_RESET_PORT_LEN,
+    )?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&irq, POWER_BUTTON_GSI)
+        .map_err(DeviceError::PowerButtonIrq)?;
+    Ok(PowerButton::new(irq))
 }
 
 /// The console escape key: Ctrl-] (as telnet and `herd console`).

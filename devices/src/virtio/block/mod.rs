@@ -20,7 +20,7 @@ mod metrics;
 mod request;
 
 #[cfg(test)]
-mod test_utils;
+pub(crate) mod test_utils;
 
 pub use device::{Block, BlockConfig, BlockError};
 pub use io::{DiskError, DiskFile};

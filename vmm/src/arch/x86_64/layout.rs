@@ -28,6 +28,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// is reported as reserved.
 pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_START: u64 = EBDA_START;
+/// ACPI tables, RSDP first: Linux scans 0xe0000..1 MiB for the RSDP on a
+/// BIOS machine. Inside the reserved EBDA-to-1 MiB range.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+pub const ACPI_TABLES_END: u64 = HIMEM_START;
 /// Kernels load at 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 
