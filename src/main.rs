@@ -3,6 +3,7 @@
 mod disk;
 mod emulated_host;
 mod exit_status;
+mod image;
 mod net_setup;
 mod terminal;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Host networks (bridges) that appliances' TAP devices join.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Appliance images: build from a definition, list, remove.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
@@ -86,15 +90,17 @@ enum NetCommand {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a
+    /// bzImage. Default with --root NAME: the kernel the image was built with.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Appliance name, used in logs and for the default MAC address.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Shared read-only root image (erofs or ext4), attached as /dev/vda with
-    /// root= set for you. Any number of VMs can share one image.
-    #[arg(long, value_name = "IMAGE")]
+    /// root= set for you. Any number of VMs can share one image. A path, or
+    /// NAME[:VERSION] of an image in the store (herd image ls).
+    #[arg(long, value_name = "IMAGE|NAME[:VERSION]")]
     root: Option<PathBuf>,
     /// Extra disk image, writable unless suffixed with :ro (repeatable). A
     /// writable image is locked: only one VM can use it at a time.
@@ -136,8 +142,17 @@ fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) if args.emulated_host => ExitCode::from(emulated_host::run(&args)),
-        Command::Run(args) => ExitCode::from(run(*args, process_start)),
+        Command::Run(mut args) => {
+            if let Err(e) = resolve_root(&mut args) {
+                return ExitCode::from(fail(EXIT_BAD_INPUT, e));
+            }
+            if args.emulated_host {
+                ExitCode::from(emulated_host::run(&args))
+            } else {
+                ExitCode::from(run(*args, process_start))
+            }
+        }
+        Command::Image(cmd) => ExitCode::from(image::run(cmd)),
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),
@@ -152,6 +167,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--root NAME[:VERSION]` to the store's image file, and the kernel it
+/// was built with unless `--kernel` is given.
+fn resolve_root(args: &mut RunArgs) -> Result<(), image::ResolveError> {
+    let root = args.root.as_ref().map(|r| r.to_string_lossy().into_owned());
+    let resolved = image::resolve_root(root.as_deref(), args.kernel.take())?;
+    args.root = resolved.root;
+    args.kernel = Some(resolved.kernel);
+    Ok(())
 }
 
 const KVM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -219,7 +244,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         root: args.root,
         disks,
         nets,
-        kernel: args.kernel,
+        kernel: args.kernel.unwrap_or_default(),
         initrd: args.initrd,
         cmdline: args.cmdline,
         mem_mib: args.mem,

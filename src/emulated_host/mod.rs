@@ -123,7 +123,7 @@ fn existing(path: &Path, what: &str) -> Result<PathBuf, EmulatedHostError> {
 
 fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
     let console: ConsoleConfig = args.console.parse().map_err(|e| bad(format!("{e}")))?;
-    let kernel = existing(&args.kernel, "kernel")?;
+    let kernel = existing(args.kernel.as_deref().unwrap_or(Path::new("")), "kernel")?;
     let mut files = Vec::new();
     let mut inner: Vec<String> = vec!["herd".into(), "run".into()];
     let mut arg = |flag: &str, value: String| inner.extend([flag.to_owned(), value]);
