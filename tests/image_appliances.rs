@@ -5,3 +5,5 @@ mod store;
 mod support;
 #[path = "image_appliances/testhost.rs"]
 mod testhost;
+#[path = "image_appliances/upgrade.rs"]
+mod upgrade;

@@ -39,8 +39,8 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error("package {package:?} does not exist in Debian {suite} (apt: Unable to locate package); check its name (apt-cache search) and the definition's packages")]
     NoSuchPackage { package: String, suite: String },
-    #[error("no space left on device under {path} ({detail}); free space or point HERD_HOME/HERD_CACHE elsewhere; nothing was written to the store")]
-    NoSpace { path: PathBuf, detail: String },
+    #[error("no space left on device ({detail}); free space or point HERD_HOME/HERD_CACHE elsewhere; nothing was written to the store")]
+    NoSpace { detail: String },
     #[error("{tool}: {detail}")]
     Tool { tool: &'static str, detail: String },
     #[error("cannot {what} {path}: {source}")]
@@ -65,8 +65,7 @@ impl BuildError {
     pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> BuildError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             return BuildError::NoSpace {
-                path: path.to_owned(),
-                detail: source.to_string(),
+                detail: format!("cannot {what} {}", path.display()),
             };
         }
         BuildError::Io {
@@ -367,9 +366,12 @@ fn run(cmd: &mut Command) -> Result<String, BuildError> {
     }
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     if err.contains("No space left on device") {
+        let line = err
+            .lines()
+            .find(|l| l.contains("No space left"))
+            .unwrap_or("");
         return Err(BuildError::NoSpace {
-            path: PathBuf::from(tool),
-            detail: err.lines().last().unwrap_or("").to_owned(),
+            detail: format!("{tool}: {}", line.trim()),
         });
     }
     Err(BuildError::Tool {

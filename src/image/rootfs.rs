@@ -188,8 +188,7 @@ fn mmdebstrap_error(req: &Request, log: &[String]) -> BuildError {
         }
         if line.contains("No space left on device") {
             return BuildError::NoSpace {
-                path: cache_dir(),
-                detail: line.clone(),
+                detail: format!("mmdebstrap under {}: {line}", cache_dir().display()),
             };
         }
     }

@@ -20,8 +20,11 @@ use super::store::{example, herd, store_files};
 use crate::support::staging::{disk_create, write, TempDir};
 use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
 
+/// Served by the nginx appliance from its data disk.
+const NGINX_PAGE: &str = "herd nginx appliance page";
+
 const SCRIPT: &str = r#"
-export HERD_TIMEOUT=240 HERD_HOME=/store
+export HERD_TIMEOUT=400 HERD_HOME=/store
 say() { echo "img-test: $*"; }
 # type_in NAME LINE: a line on that appliance's console (FIFO opened read-write: never blocks)
 type_in() { echo "$2" 1<>"/tmp/$1.in"; }
@@ -37,7 +40,7 @@ IP="ip=10.30.0.3::10.30.0.1:255.255.255.0:client:eth0:off"
 # then power the server off cleanly from its console.
 serve() {
 	CPU=0 bg_guest "$1" "/tmp/$1" herd run --name srv --root "$2" --disk "$3" --mem 256 --net tap=srv,bridge=imgnet 0<>/tmp/srv.in &
-	wait_for "/tmp/$1" "$4" 240 || say "$1 never got ready"
+	wait_for "/tmp/$1" "$4" 380 || say "$1 never got ready"
 	run_guest "$5" run --name client --root "$6" --mem 256 --net tap=client,bridge=imgnet --cmdline "quiet $IP herd.run=\"$7\"" </dev/null
 	type_in srv poweroff
 	wait
@@ -50,6 +53,17 @@ serve redis-first redis redis1.img "Ready to accept connections" set redis:1 \
 	"redis-cli -h 10.30.0.2 SET herdkey herdvalue | sed s/^/set:/; redis-cli -h 10.30.0.2 GET herdkey | sed s/^/get:/"
 serve redis-second redis redis1.img "Ready to accept connections" get redis:1 \
 	"redis-cli -h 10.30.0.2 GET herdkey | sed s/^/get:/"
+
+# nginx serves the data disk's data/www to a client.
+serve nginx-first nginx nginx1.img "herd-init: ready" page redis:1 \
+	"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://10.30.0.2/ && break; sleep 1; done | sed s/^/page:/"
+
+# postgresql: the first boot initialises its data directory on the disk; a
+# client creates a table; after a clean restart the row is still there.
+serve pg-first postgresql pg1.img "database system is ready to accept connections" pg-write postgresql:1 \
+	"psql -h 10.30.0.2 -U postgres -Atc 'CREATE TABLE herd(v int)' && psql -h 10.30.0.2 -U postgres -Atc 'INSERT INTO herd SELECT 40+2' && psql -h 10.30.0.2 -U postgres -Atc 'SELECT v FROM herd' | sed s/^/row:/"
+serve pg-second postgresql pg1.img "database system is ready to accept connections" pg-read postgresql:1 \
+	"psql -h 10.30.0.2 -U postgres -Atc 'SELECT v FROM herd' | sed s/^/row:/"
 
 # The busybox base from the same store, same init.
 run_guest base run --name base1 --root base --disk base1.img --cmdline 'herd.run="cat /run/herd/mode"' </dev/null
@@ -64,8 +78,9 @@ struct Suite {
 
 fn setup() -> Result<Suite, String> {
     TestHost::get().map_err(|e| format!("test host unavailable: {e}"))?;
-    example("redis")?;
-    example("base")?;
+    for name in ["redis", "base", "nginx", "postgresql"] {
+        example(name)?;
+    }
     let work =
         TempDir(std::env::temp_dir().join(format!("herd-image-apps-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&work.0);
@@ -75,22 +90,44 @@ fn setup() -> Result<Suite, String> {
         &redis.join("config/network"),
         "ADDRESS=10.30.0.2/24\nGATEWAY=10.30.0.1\n",
     )?;
+    let nginx = work.0.join("nginx1");
+    write(&nginx.join("config/hostname"), "nginx1\n")?;
+    write(
+        &nginx.join("config/network"),
+        "ADDRESS=10.30.0.2/24\nGATEWAY=10.30.0.1\n",
+    )?;
+    write(
+        &nginx.join("data/www/index.html"),
+        &format!("{NGINX_PAGE}\n"),
+    )?;
+    let pg = work.0.join("pg1");
+    write(&pg.join("config/hostname"), "pg1\n")?;
+    write(
+        &pg.join("config/network"),
+        "ADDRESS=10.30.0.2/24\nGATEWAY=10.30.0.1\n",
+    )?;
     let base = work.0.join("base1");
     write(&base.join("config/hostname"), "base1\n")?;
     let mut sc = Scenario::new("image_appliances", SCRIPT)
         .herd(herd())
         .timeout(Duration::from_secs(900));
-    for (name, dir) in [("redis1", &redis), ("base1", &base)] {
+    for (name, dir) in [
+        ("redis1", &redis),
+        ("base1", &base),
+        ("nginx1", &nginx),
+        ("pg1", &pg),
+    ] {
         let img = work.0.join(format!("{name}.img"));
         disk_create(herd(), dir, "64M", &img)?;
         sc = sc.file(&img, &format!("{name}.img"));
     }
-    for (name, version) in [("redis", "1"), ("base", "1")] {
+    for name in ["redis", "base", "nginx", "postgresql"] {
+        let version = "1";
         for (src, dest) in store_files(name, version, "/store")? {
             sc = sc.file(Path::new(&src), &dest);
         }
     }
-    sc.mem_mib = 2048;
+    sc.mem_mib = 3072;
     Ok(Suite { result: sc.run() })
 }
 
@@ -198,4 +235,31 @@ fn busybox_base_and_debian_image_give_the_same_init_markers() {
         run.assert_contains("herd-init: root: overlay");
         run.assert_contains("herd-init: ready mode=overlay");
     }
+}
+
+#[test]
+fn nginx_serves_a_page_from_the_data_disk_to_a_client() {
+    run("nginx-first").assert_contains("herd-init: service nginx started");
+    let page = run("page");
+    page.assert_contains(&format!("page:{NGINX_PAGE}"));
+    page.assert_exit(0);
+    run("nginx-first").assert_exit(0);
+}
+
+#[test]
+fn postgresql_initialises_on_first_boot_and_answers_after_a_restart() {
+    let first = run("pg-first");
+    first.assert_contains("postgresql: first boot: initialising /data/postgresql");
+    let write = run("pg-write");
+    write.assert_contains("row:42");
+    write.assert_exit(0);
+    first.assert_exit(0);
+    let second = run("pg-second");
+    if second.find("first boot").is_some() {
+        second.fail("the data directory was initialised again after a restart");
+    }
+    let read = run("pg-read");
+    read.assert_contains("row:42");
+    read.assert_exit(0);
+    second.assert_exit(0);
 }
