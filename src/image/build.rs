@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha256};
 
 use super::assets;
-use super::definition::{Base, Definition, DefinitionError, Strip};
+use super::definition::{Base, Definition, DefinitionError};
 use super::manifest::{dpkg_packages, Manifest, Package};
 use super::progress::Progress;
 use super::rootfs::{self, hex};
 use super::store::{Store, StoreError, StoredImage, IMAGE_FILE, MANIFEST_FILE, TMP_PREFIX};
+use super::strip;
 
 /// SOURCE_DATE_EPOCH when the environment sets none: every timestamp in
 /// the image (2023-11-14). Not 0: shadow would read a password change
@@ -218,7 +219,7 @@ pub fn build(def: &Definition, store: &Store, opts: &Options) -> Result<Built, B
     check_interrupt()?;
 
     progress.step("stripping");
-    let (stripped, stripped_bytes) = strip(&root, def.strip)?;
+    let (stripped, stripped_bytes) = strip::strip(&root, &def.strip)?;
 
     progress.step("writing the erofs image");
     let out = work.0.join("out");
@@ -479,79 +480,6 @@ fn write_services(root: &Path, def: &Definition) -> Result<(), BuildError> {
         text.push_str(&format!("{name} {command}\n"));
     }
     fs::write(&path, text).map_err(|e| BuildError::io("write", &path, e))
-}
-
-/// (what, paths under the root, keep these names inside them)
-fn strip_rules(strip: Strip) -> Vec<(&'static str, &'static [&'static str])> {
-    let mut rules: Vec<(&str, &[&str])> = Vec::new();
-    if strip.docs {
-        rules.push((
-            "docs",
-            &["usr/share/doc", "usr/share/doc-base", "usr/share/lintian"],
-        ));
-    }
-    if strip.man {
-        rules.push((
-            "man",
-            &["usr/share/man", "usr/share/info", "usr/share/groff"],
-        ));
-    }
-    if strip.locales {
-        rules.push(("locales", &["usr/share/locale", "usr/share/i18n"]));
-    }
-    if strip.apt_lists {
-        rules.push((
-            "apt_lists",
-            &[
-                "var/lib/apt/lists",
-                "var/cache/apt",
-                "var/cache/debconf/templates.dat",
-            ],
-        ));
-    }
-    rules
-}
-
-/// Deletes what the definition strips (the directories stay, empty);
-/// returns what was stripped and the bytes it freed.
-fn strip(root: &Path, strip: Strip) -> Result<(Vec<String>, u64), BuildError> {
-    let mut done = Vec::new();
-    let mut bytes = 0;
-    for (what, paths) in strip_rules(strip) {
-        for rel in paths {
-            let p = root.join(rel);
-            if p.is_file() {
-                bytes += fs::symlink_metadata(&p).map_or(0, |m| m.len());
-                fs::remove_file(&p).map_err(|e| BuildError::io("remove", &p, e))?;
-                continue;
-            }
-            let Ok(entries) = fs::read_dir(&p) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let path = e.path();
-                bytes += tree_size(&path);
-                let removed = if path.is_dir() && !path.is_symlink() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                removed.map_err(|e| BuildError::io("remove", &path, e))?;
-            }
-        }
-        done.push(what.to_owned());
-    }
-    Ok((done, bytes))
-}
-
-fn tree_size(p: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !m.is_dir() {
-        return m.len();
-    }
-    fs::read_dir(p).map_or(0, |d| d.flatten().map(|e| tree_size(&e.path())).sum())
 }
 
 /// A reproducible erofs: every timestamp SOURCE_DATE_EPOCH, a UUID derived

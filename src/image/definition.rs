@@ -29,7 +29,7 @@ impl fmt::Display for Base {
 
 /// What to delete from the root before it becomes an image: files nothing
 /// reads at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Strip {
     /// /usr/share/doc (copyright files too: the manifest names every package)
@@ -44,6 +44,10 @@ pub struct Strip {
     /// apt's package lists and caches
     #[serde(default = "yes")]
     pub apt_lists: bool,
+    /// More paths under the root that nothing needs at run time; `*` matches
+    /// within the last component (e.g. "usr/lib/postgresql/15/lib/llvmjit*").
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -57,6 +61,7 @@ impl Default for Strip {
             man: true,
             locales: true,
             apt_lists: true,
+            paths: Vec::new(),
         }
     }
 }
@@ -203,6 +208,20 @@ impl Definition {
                 return Err(invalid(
                     &format!("services.{name}"),
                     "the command must be one non-empty line".into(),
+                ));
+            }
+        }
+        for p in &raw.strip.paths {
+            if p.is_empty()
+                || p.starts_with('/')
+                || p.split('/').any(|c| c == ".." || c.is_empty())
+                || p[..p.rfind('/').unwrap_or(0)].contains('*')
+            {
+                return Err(invalid(
+                    "strip.paths",
+                    format!(
+                        "{p:?}: want a relative path without .. (a * only in its last component)"
+                    ),
                 ));
             }
         }

@@ -9,6 +9,7 @@ pub mod manifest;
 mod progress;
 pub mod rootfs;
 pub mod store;
+mod strip;
 
 use std::path::{Path, PathBuf};
 
