@@ -5,8 +5,8 @@
 #
 # 1. installs the Debian packages herd needs (guest-images/install-deps.sh)
 # 2. builds herd (cargo build --release; Rust itself must come from rustup)
-# 3. builds the guest kernel and the shared base image (cached; the first
-#    kernel build takes 5-10 minutes)
+# 3. builds the guest kernel and the shared base image (herd image build
+#    base; both cached; the first kernel build takes 5-10 minutes)
 # 4. makes two appliance data disks: `web` (guest-images/personalities/web:
 #    busybox httpd on 10.20.0.2) and `client` (10.20.0.3, knows `web` by name)
 # 5. boots both on a bridge (herd net create) and has the client fetch
@@ -65,9 +65,18 @@ say "built $herd ($("$herd" --version))"
 step "3/5 guest kernel and base image (cached after the first build)"
 say "guest kernel: guest-images/kernel/build.sh (the first build takes 5-10 minutes)"
 kernel_dir=$(as_user bash "$repo/guest-images/kernel/build.sh" | tail -1)
-base_dir=$(as_user bash "$repo/guest-images/base/build.sh" | tail -1)
+# The base image is the `base` example image (busybox), built into herd's
+# image store like any appliance image (README, "Appliance images"); under
+# sudo the store and cache are the invoking user's.
+store=${HERD_HOME:-$user_home/.local/share/herd}
+say "base image: herd image build base (into $store)"
+HERD_HOME=$store HERD_CACHE=${HERD_CACHE:-$user_home/.cache/herd} "$herd" image build -q base ||
+	die "herd image build base failed (messages above)"
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+	chown -R "$SUDO_USER:" "$store" "${HERD_CACHE:-$user_home/.cache/herd}/rootfs"
+fi
 kernel=$kernel_dir/vmlinux
-base=$base_dir/base.erofs
+base=$store/images/base/1/image.erofs
 [ -f "$kernel" ] && [ -f "$base" ] || die "kernel or base image missing ($kernel, $base)"
 say "kernel $kernel"
 say "base   $base"

@@ -17,7 +17,7 @@ pub const TMP_PREFIX: &str = ".build-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no image {wanted} in the store {store}; {have}")]
+    #[error("no image {wanted} in the store {store} (and no such file here); {have}")]
     NotFound {
         wanted: String,
         store: PathBuf,
