@@ -273,3 +273,52 @@ fn installed_herd_builds_without_its_checkout() {
     assert!(home.join("images/base/1/image.erofs").is_file());
     assert!(repo().join("Cargo.toml").is_file(), "the checkout is back");
 }
+
+/// Ctrl-C (SIGINT to the build's process group) while the root tree is
+/// unpacked: herd says so and the store has no image and no work files.
+#[test]
+fn an_interrupted_build_leaves_nothing_in_the_store() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    example("redis").unwrap(); // root tree cached: unpacking starts at once
+    let t = Tmp::new("interrupt");
+    let def = repo().join("guest-images/images/redis.toml");
+    let mut child = Command::new(herd())
+        .args(["image", "build"])
+        .arg(&def)
+        .env("HERD_HOME", &t.0)
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let unpacking = line.starts_with("herd: unpacking ...");
+        seen.push(line);
+        if unpacking {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pgid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a process group we created; no memory involved.
+    unsafe { libc::kill(-pgid, libc::SIGINT) };
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let all = seen.join("\n");
+    assert!(!status.success(), "{all}");
+    assert!(
+        all.contains("herd: error: interrupted; nothing was written"),
+        "{all}"
+    );
+    let left: Vec<String> = fs::read_dir(t.0.join("images"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "an interrupted build left {left:?}");
+}

@@ -58,6 +58,8 @@ pub enum BuildError {
     },
     #[error("interrupted; nothing was written to the store")]
     Interrupted,
+    #[error("herd image build needs root: mmdebstrap installs packages in a chroot and the image keeps their file owners; run it with sudo")]
+    NotRoot,
     #[error("guest kernel build failed: {0}")]
     Kernel(String),
 }
@@ -110,7 +112,7 @@ fn catch_interrupts() {
     }
 }
 
-fn check_interrupt() -> Result<(), BuildError> {
+pub fn check_interrupt() -> Result<(), BuildError> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err(BuildError::Interrupted)
     } else {
@@ -150,6 +152,10 @@ fn remove_stale_work_dirs(images: &Path) {
 }
 
 pub fn build(def: &Definition, store: &Store, opts: &Options) -> Result<Built, BuildError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BuildError::NotRoot);
+    }
     catch_interrupts();
     let mut progress = Progress::new(opts.quiet);
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -365,6 +371,8 @@ fn run(cmd: &mut Command) -> Result<String, BuildError> {
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
+    // Ctrl-C reached the step too: that, not the step, is the reason.
+    check_interrupt()?;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     if err.contains("No space left on device") {
         let line = err

@@ -76,6 +76,8 @@ pub fn run(cmd: ImageCommand) -> u8 {
         Err(e) => {
             eprintln!("herd: error: {e}");
             match e {
+                // As a shell reports a command killed by SIGINT.
+                BuildError::Interrupted => 130,
                 BuildError::Tool { .. }
                 | BuildError::Kernel(_)
                 | BuildError::Io { .. }

@@ -164,6 +164,7 @@ fn mmdebstrap(
     if status.success() {
         return Ok(());
     }
+    super::build::check_interrupt()?;
     Err(mmdebstrap_error(req, &log))
 }
 
