@@ -38,6 +38,17 @@ fn herd_in(home: &Path, args: &[&str]) -> Output {
         .expect("run herd")
 }
 
+/// Everything in HOME/images (work directories too).
+fn store_entries(home: &Path) -> Vec<String> {
+    fs::read_dir(home.join("images"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -95,13 +106,8 @@ fn a_package_that_does_not_exist_is_named() {
         e.contains("package \"herd-no-such-package\" does not exist in Debian bookworm"),
         "{e}"
     );
-    assert_eq!(
-        fs::read_dir(t.0.join("images"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0,
-        "a failed build left something in the store"
-    );
+    let left = store_entries(&t.0);
+    assert!(left.is_empty(), "a failed build left {left:?} in the store");
 }
 
 #[test]
@@ -202,13 +208,7 @@ fn no_space_left_leaves_no_partial_image() {
     let e = stderr(&o);
     assert!(!o.status.success(), "redis fitted in 48 MiB?");
     assert!(e.contains("no space left on device"), "{e}");
-    let left: Vec<String> = fs::read_dir(t.0.join("images"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = store_entries(&t.0);
     assert!(
         left.is_empty(),
         "the store kept {left:?} after a failed build"
@@ -313,12 +313,6 @@ fn an_interrupted_build_leaves_nothing_in_the_store() {
         all.contains("herd: error: interrupted; nothing was written"),
         "{all}"
     );
-    let left: Vec<String> = fs::read_dir(t.0.join("images"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = store_entries(&t.0);
     assert!(left.is_empty(), "an interrupted build left {left:?}");
 }
