@@ -62,18 +62,25 @@ say "building herd (a minute or two the first time)"
 herd=$repo/target/release/herd
 say "built $herd ($("$herd" --version))"
 
+work=$(mktemp -d "${TMPDIR:-/tmp}/herd-demo.XXXXXX")
+if [ -n "${HERD_DEMO_KEEP:-}" ]; then
+	say "keeping $work"
+else
+	trap 'rm -rf "$work"' EXIT
+fi
+
 step "3/5 guest kernel and base image (cached after the first build)"
 say "guest kernel: guest-images/kernel/build.sh (the first build takes 5-10 minutes)"
 kernel_dir=$(as_user bash "$repo/guest-images/kernel/build.sh" | tail -1)
-# The base image is the `base` example image (busybox), built into herd's
-# image store like any appliance image (README, "Appliance images"); under
-# sudo the store and cache are the invoking user's.
-store=${HERD_HOME:-$user_home/.local/share/herd}
+# The base image is the `base` example image (busybox), built with `herd
+# image build` like any appliance image (README, "Appliance images"), into
+# a scratch image store: the user's own store is left alone.
+store=$work/store
 say "base image: herd image build base (into $store)"
 HERD_HOME=$store HERD_CACHE=${HERD_CACHE:-$user_home/.cache/herd} "$herd" image build -q base ||
 	die "herd image build base failed (messages above)"
 if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-	chown -R "$SUDO_USER:" "$store" "${HERD_CACHE:-$user_home/.cache/herd}/rootfs"
+	chown -R "$SUDO_USER:" "${HERD_CACHE:-$user_home/.cache/herd}/rootfs"
 fi
 kernel=$kernel_dir/vmlinux
 base=$store/images/base/1/image.erofs
@@ -94,12 +101,6 @@ else
 fi
 
 step "4/5 appliance disks"
-work=$(mktemp -d "${TMPDIR:-/tmp}/herd-demo.XXXXXX")
-if [ -n "${HERD_DEMO_KEEP:-}" ]; then
-	say "keeping $work"
-else
-	trap 'rm -rf "$work"' EXIT
-fi
 web_src=$repo/guest-images/personalities/web
 if [ ! -f "$web_src/config/services" ]; then
 	# The example personality is missing (older checkout): a minimal one.
