@@ -302,6 +302,54 @@ mod tests {
         assert!(!looks_like_reference("/tmp/base.erofs"));
     }
 
+    fn fake_store(versions: &[(&str, &str)]) -> Store {
+        let root = std::env::temp_dir().join(format!(
+            "herd-store-test-{}-{}",
+            std::process::id(),
+            versions.len()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        let store = Store { root };
+        for (name, version) in versions {
+            let dir = store.image_dir(name, version);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(IMAGE_FILE), b"erofs").unwrap();
+            let m = format!(
+                r#"{{"name":"{name}","version":"{version}","base":"busybox","suite":"bookworm",
+                "sha256":"00","size":5,"created":0,"source_date_epoch":1,"kernel":"k",
+                "definition_sha256":"","herd_version":"0","services":{{}},"stripped":[],
+                "stripped_bytes":0,"packages":[]}}"#
+            );
+            fs::write(dir.join(MANIFEST_FILE), m).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn resolve_latest_exact_and_unknown() {
+        let store = fake_store(&[
+            ("redis", "1"),
+            ("redis", "10"),
+            ("redis", "2"),
+            ("base", "1"),
+        ]);
+        let v = |r: &str| store.resolve(r).unwrap().manifest.version;
+        assert_eq!(v("redis"), "10");
+        assert_eq!(v("redis:latest"), "10");
+        assert_eq!(v("redis:2"), "2");
+        let e = store.resolve("redis:3").unwrap_err().to_string();
+        assert!(
+            e.contains("no image redis:3") && e.contains("base:1, redis:1, redis:2, redis:10"),
+            "{e}"
+        );
+        assert!(store.kernel_for(&store.resolve("base").unwrap()).is_err());
+        let removed = store.remove("redis:2").unwrap();
+        assert_eq!(removed.reference(), "redis:2");
+        assert_eq!(v("redis"), "10");
+        assert!(store.resolve("redis:2").is_err());
+        fs::remove_dir_all(&store.root).unwrap();
+    }
+
     #[test]
     fn versions_sort_numerically() {
         let mut v = vec!["10", "9", "beta", "1"];
