@@ -5,8 +5,8 @@
 #
 # 1. installs the Debian packages herd needs (guest-images/install-deps.sh)
 # 2. builds herd (cargo build --release; Rust itself must come from rustup)
-# 3. builds the guest kernel and the shared base image (cached; the first
-#    kernel build takes 5-10 minutes)
+# 3. builds the guest kernel and the shared base image (herd image build
+#    base; both cached; the first kernel build takes 5-10 minutes)
 # 4. makes two appliance data disks: `web` (guest-images/personalities/web:
 #    busybox httpd on 10.20.0.2) and `client` (10.20.0.3, knows `web` by name)
 # 5. boots both on a bridge (herd net create) and has the client fetch
@@ -62,12 +62,28 @@ say "building herd (a minute or two the first time)"
 herd=$repo/target/release/herd
 say "built $herd ($("$herd" --version))"
 
+work=$(mktemp -d "${TMPDIR:-/tmp}/herd-demo.XXXXXX")
+if [ -n "${HERD_DEMO_KEEP:-}" ]; then
+	say "keeping $work"
+else
+	trap 'rm -rf "$work"' EXIT
+fi
+
 step "3/5 guest kernel and base image (cached after the first build)"
 say "guest kernel: guest-images/kernel/build.sh (the first build takes 5-10 minutes)"
 kernel_dir=$(as_user bash "$repo/guest-images/kernel/build.sh" | tail -1)
-base_dir=$(as_user bash "$repo/guest-images/base/build.sh" | tail -1)
+# The base image is the `base` example image (busybox), built with `herd
+# image build` like any appliance image (README, "Appliance images"), into
+# a scratch image store: the user's own store is left alone.
+store=$work/store
+say "base image: herd image build base (into $store)"
+HERD_HOME=$store HERD_CACHE=${HERD_CACHE:-$user_home/.cache/herd} "$herd" image build -q base ||
+	die "herd image build base failed (messages above)"
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+	chown -R "$SUDO_USER:" "${HERD_CACHE:-$user_home/.cache/herd}/rootfs"
+fi
 kernel=$kernel_dir/vmlinux
-base=$base_dir/base.erofs
+base=$store/images/base/1/image.erofs
 [ -f "$kernel" ] && [ -f "$base" ] || die "kernel or base image missing ($kernel, $base)"
 say "kernel $kernel"
 say "base   $base"
@@ -85,12 +101,6 @@ else
 fi
 
 step "4/5 appliance disks"
-work=$(mktemp -d "${TMPDIR:-/tmp}/herd-demo.XXXXXX")
-if [ -n "${HERD_DEMO_KEEP:-}" ]; then
-	say "keeping $work"
-else
-	trap 'rm -rf "$work"' EXIT
-fi
 web_src=$repo/guest-images/personalities/web
 if [ ! -f "$web_src/config/services" ]; then
 	# The example personality is missing (older checkout): a minimal one.

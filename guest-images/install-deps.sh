@@ -16,6 +16,8 @@ packages=(
 	linux-source-6.1 bc bison flex libelf-dev libssl-dev xz-utils
 	# the base image and appliance disks (base/build.sh, herd disk create)
 	busybox-static erofs-utils e2fsprogs cpio gzip
+	# appliance images (herd image build: mmdebstrap from the host's apt sources)
+	mmdebstrap
 	# the emulated test host (testhost/build.sh: QEMU, cpio, module unpacking)
 	qemu-system-x86 zstd
 	# networks (herd net create, the network tests and the demo)

@@ -4,6 +4,7 @@ mod appliance;
 mod disk;
 mod emulated_host;
 mod exit_status;
+mod image;
 mod net_setup;
 mod terminal;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Host networks (bridges) that appliances' TAP devices join.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Appliance images: build from a definition, list, remove.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Check whether this host's KVM can run Linux guests (it must deliver
     /// interrupts; some nested hypervisors cannot).
     CheckKvm,
@@ -90,9 +94,10 @@ enum NetCommand {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
-    /// Required unless --config names one.
-    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a
+    /// bzImage. Default with --root NAME: the kernel the image was built
+    /// with; or the kernel an appliance file (--config) names.
+    #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// Appliance name: logs, the default MAC address, and a runtime
     /// directory with a control socket (`herd ps/stop/logs/console NAME`).
@@ -111,8 +116,9 @@ struct RunArgs {
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     stop_timeout: f64,
     /// Shared read-only root image (erofs or ext4), attached as /dev/vda with
-    /// root= set for you. Any number of VMs can share one image.
-    #[arg(long, value_name = "IMAGE")]
+    /// root= set for you. Any number of VMs can share one image. A path, or
+    /// NAME[:VERSION] of an image in the store (herd image ls).
+    #[arg(long, value_name = "IMAGE|NAME[:VERSION]")]
     root: Option<PathBuf>,
     /// Extra disk image, writable unless suffixed with :ro (repeatable). A
     /// writable image is locked: only one VM can use it at a time.
@@ -192,12 +198,16 @@ fn main() -> ExitCode {
                     "--detach does not work with --emulated-host (the test host runs in the foreground)",
                 ));
             }
+            if let Err(e) = resolve_root(&mut args) {
+                return ExitCode::from(fail(EXIT_BAD_INPUT, e));
+            }
             if args.emulated_host {
                 ExitCode::from(emulated_host::run(&args))
             } else {
                 ExitCode::from(run(*args, process_start))
             }
         }
+        Command::Image(cmd) => ExitCode::from(image::run(cmd)),
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),
@@ -212,6 +222,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--root NAME[:VERSION]` to the store's image file, and the kernel it
+/// was built with unless `--kernel` is given.
+fn resolve_root(args: &mut RunArgs) -> Result<(), image::ResolveError> {
+    let root = args.root.as_ref().map(|r| r.to_string_lossy().into_owned());
+    let resolved = image::resolve_root(root.as_deref(), args.kernel.take())?;
+    args.root = resolved.root;
+    args.kernel = Some(resolved.kernel);
+    Ok(())
 }
 
 const KVM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -12,10 +12,12 @@ mod testhost;
 
 mod api;
 mod floor;
+#[path = "../results.rs"]
+mod results;
 mod smaps;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -378,47 +380,6 @@ fn render(rows: &[Row]) -> String {
     out
 }
 
-fn command_output(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn append_results(table: &str) -> Result<PathBuf, String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
-    let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = if command_output("git", &["status", "--porcelain"]).is_empty() {
-        ""
-    } else {
-        " (uncommitted changes)"
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let entry = format!(
-        "\n## {} — commit {commit}{dirty}\nhost: {} — {cpu} — {} CPUs — kernel {}\n\n{table}",
-        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        command_output("uname", &["-n"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        command_output("uname", &["-r"]),
-    );
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmark results\n\nAppended by `cargo bench`; newest last.\n".to_owned()
-    });
-    text += &entry;
-    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-    Ok(path)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("floor") {
@@ -460,7 +421,7 @@ fn main() {
     }
     let table = render(&rows);
     println!("\n{table}");
-    match append_results(&table) {
+    match results::append_results(&table) {
         Ok(path) => println!("appended to {}", path.display()),
         Err(e) => eprintln!("{e}"),
     }

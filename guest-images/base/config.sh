@@ -197,7 +197,7 @@ supervise() {
 		_t0=$(date +%s)
 		# ash has no PIPESTATUS: the status leaves through fd 3.
 		_st=$({ {
-			cd / && sh -c "$_cmd" </dev/null 2>&1 3>&- 4>&-
+			cd / && PATH=$SYSTEM_PATH /bin/sh -c "$_cmd" </dev/null 2>&1 3>&- 4>&-
 			echo "$?" >&3
 		} | awk -v p="$_name: " '{ print p $0; fflush() }' >&4 3>&- 4>&-; } 3>&1)
 		[ -e "$RUN/stopping" ] && break
@@ -209,10 +209,20 @@ supervise() {
 	done
 }
 
+# start_services: config/services, then the image's default services
+# (/etc/herd/services, same format) whose names config/services does not
+# define: a line there with the same NAME replaces the image's command.
+# No services in stateless mode (no data disk: inspection only).
 start_services() {
 	SERVICES=0
-	[ -f "$CFG/services" ] || return 0
 	mkdir -p "$RUN/services"
+	[ -f "$CFG/services" ] && start_service_file "$CFG/services" config/services
+	[ "$MODE" != stateless ] && [ -f /etc/herd/services ] &&
+		start_service_file /etc/herd/services /etc/herd/services
+}
+
+# start_service_file FILE LABEL
+start_service_file() {
 	_n=0
 	while IFS= read -r _line || [ -n "$_line" ]; do
 		_n=$((_n + 1))
@@ -223,22 +233,26 @@ start_services() {
 		trim _cmd
 		case "$_name" in
 		*[!A-Za-z0-9_.-]*)
-			warn "config/services:$_n: bad service name '$_name' (letters, digits, _ . -), ignored"
+			warn "$2:$_n: bad service name '$_name' (letters, digits, _ . -), ignored"
 			continue
 			;;
 		esac
 		if [ -z "$_cmd" ]; then
-			warn "config/services:$_n: service $_name has no command, ignored"
+			warn "$2:$_n: service $_name has no command, ignored"
 			continue
 		fi
 		if [ -e "$RUN/services/$_name" ]; then
-			warn "config/services:$_n: service $_name defined twice, ignored"
+			if [ "$2" = config/services ]; then
+				warn "$2:$_n: service $_name defined twice, ignored"
+			else
+				log "service $_name: the image's default is replaced by config/services"
+			fi
 			continue
 		fi
 		supervise "$_name" "$_cmd" </dev/null &
 		echo "$!" >"$RUN/services/$_name"
 		log "service $_name started: $_cmd"
 		SERVICES=$((SERVICES + 1))
-	done <"$CFG/services"
+	done <"$1"
 }
 
