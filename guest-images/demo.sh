@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # herd's demo, from a fresh Debian 12 machine to two appliances talking:
 #
-#   sudo guest-images/demo.sh
+#   guest-images/demo.sh      (as root, or as a user with sudo: it asks)
 #
 # 1. installs the Debian packages herd needs (guest-images/install-deps.sh)
 # 2. builds herd (cargo build --release; Rust itself must come from rustup)
@@ -27,7 +27,14 @@ die() {
 step() { echo; echo "demo: == $* =="; }
 t0=$(date +%s)
 
-[ "$(id -u)" = 0 ] || die "run as root: sudo $0 (it installs packages and creates a network bridge)"
+# Root installs packages and creates a network bridge: a user with sudo gets
+# it asked for here, so the same command works for root and for users.
+if [ "$(id -u)" != 0 ]; then
+	command -v sudo >/dev/null ||
+		die "run as root (it installs packages and creates a network bridge); sudo is not installed"
+	say "not root: re-running under sudo"
+	exec sudo --preserve-env=PATH,HERD_DEMO_KEEP,HERD_CACHE "$0" "$@"
+fi
 
 step "1/5 Debian packages"
 "$repo/guest-images/install-deps.sh"
