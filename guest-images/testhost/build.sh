@@ -58,6 +58,7 @@ key=$(cat "$here/build.sh" "$here/init" "$here/lib.sh" - <<<"$kpkg=$kver busybox
 root=${HERD_CACHE:-$HOME/.cache/herd}/testhost
 out=$root/$key
 if [ -f "$out/done" ]; then
+	touch "$out/done" 2>/dev/null || true
 	echo "$out"
 	exit 0
 fi
@@ -133,8 +134,13 @@ printf '%s %s\nbusybox-static %s\n' "$kpkg" "$kver" "$bver" >"$work/versions"
 mkdir -p "$out"
 mv "$work/vmlinuz" "$work/base.cpio" "$work/versions" "$out/"
 touch "$out/done"
-# Builds for other keys (older scripts or packages) are dead weight now.
-find "$root" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build.*' \
-	-exec rm -rf {} + 2>/dev/null || true
+# Builds for other keys unused for over a week (older scripts or packages;
+# other checkouts of herd sharing this cache keep theirs while they use them:
+# every use touches "done").
+for d in "$root"/*/; do
+	d=${d%/}
+	[ "$d" != "$out" ] && [ -f "$d/done" ] || continue
+	[ -n "$(find "$d/done" -mtime -7 2>/dev/null)" ] || rm -rf "$d"
+done
 log "done"
 echo "$out"
