@@ -5,6 +5,7 @@ mod emulated_host;
 mod exit_status;
 mod net_setup;
 mod terminal;
+mod vm_slots;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -226,6 +227,11 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         cpus: args.cpus,
         console,
         boot_report: args.boot_report,
+    };
+    // Held until the VM has stopped (HERD_MAX_VMS).
+    let _slot = match vm_slots::take() {
+        Ok(slot) => slot,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
     let vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,

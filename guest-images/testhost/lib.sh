@@ -40,7 +40,7 @@ run_guest() {
 # `show NAME OUT` later prints it exactly as run_guest would have.
 # Every herd runs pinned to one test-host CPU (CPU=N for bg_guest; the
 # scenario shell, and so run_guest, on CPU 0): under the emulated test host
-# (QEMU TCG's nested SVM) guests then failed less often (see emulation_flake).
+# (QEMU TCG's nested SVM) guests then failed less often (testhost/README.md).
 taskset -pc 0 $$ >/dev/null
 up() { cut -d' ' -f1 /proc/uptime; }
 # wait_for FILE TEXT SECONDS: until FILE (a bg_guest's output) has TEXT;

@@ -10,8 +10,9 @@
 # One result line per try on stdout:
 #   stress: n=10 ready=10 secs=41 crashed=0 hostbug=0 status=0 wall=75
 # and a summary line. Knobs (environment): HERD_TESTHOST_CPU, HERD_TESTHOST_DIR
-# (see src/emulated_host/), STRESS_MEM (test-host MiB, default 4096),
-# STRESS_CPUS (test-host vCPUs, default 2), STRESS_LOG (keep each try's
+# (see src/emulated_host/), STRESS_PIN (spread: guest i on test-host CPU
+# i mod cpus, the default; all: every guest on every CPU), STRESS_MEM
+# (test-host MiB, default 4096), STRESS_CPUS (test-host vCPUs, default 2), STRESS_LOG (keep each try's
 # console there). Run it under the shared lock: flock /tmp/herd-testhost.lock …
 set -euo pipefail
 
@@ -20,18 +21,25 @@ repo=$(cd "$here/../.." && pwd)
 n=${1:?usage: stress.sh N [TRIES] [WAIT]}
 tries=${2:-1}
 wait_s=${3:-240}
-herd=${HERD_BIN:-$repo/target/debug/herd}
-[ -x "$herd" ] || (cd "$repo" && cargo build -q)
+[ -x "$repo/target/debug/herd" ] || (cd "$repo" && cargo build -q)
 kernel=$(bash "$repo/guest-images/kernel/build.sh" | tail -n 1)/vmlinux
 base=$(bash "$repo/guest-images/base/build.sh" | tail -n 1)/base.erofs
+HERD_TESTHOST_DIR=${HERD_TESTHOST_DIR:-$(bash "$here/build.sh" | tail -n 1)}
+export HERD_TESTHOST_DIR
 work=$(mktemp -d /tmp/herd-stress.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# A copy: a rebuild while this runs must not change the binary under test.
+herd=$work/herd
+cp "${HERD_BIN:-$repo/target/debug/herd}" "$herd"
 
 cat >"$work/scenario.sh" <<'EOF'
-n=$1 wait_s=$2 cpus=$(nproc)
+n=$1 wait_s=$2 pin=$3 cpus=$(nproc)
 i=1
 while [ $i -le $n ]; do
-	taskset -c $((i % cpus)) herd run --kernel /emu/vmlinux --root /emu/base.erofs --mem 128 \
+	# spread: guest i on test-host CPU i mod cpus; else on every CPU.
+	mask=$(printf %x $(((1 << cpus) - 1)))
+	[ "$pin" = spread ] && mask=$(printf %x $((1 << (i % cpus))))
+	taskset $mask herd run --kernel /emu/vmlinux --root /emu/base.erofs --mem 128 \
 		--name g$i --cmdline 'quiet herd.run="sleep 3600"' </dev/null >/tmp/g$i.out 2>&1 &
 	i=$((i + 1))
 done
@@ -59,7 +67,7 @@ for t in $(seq 1 "$tries"); do
 	timeout -s INT $((wait_s + 240)) "$herd" emulated-host --log-level debug \
 		--mem "${STRESS_MEM:-4096}" --cpus "${STRESS_CPUS:-2}" \
 		--file "$kernel:vmlinux" --file "$base:base.erofs" \
-		-- "$work/scenario.sh" "$n" "$wait_s" >"$log" 2>&1
+		-- "$work/scenario.sh" "$n" "$wait_s" "${STRESS_PIN:-spread}" >"$log" 2>&1
 	status=$?
 	set -e
 	wall=$(($(date +%s) - t0))
@@ -72,4 +80,4 @@ for t in $(seq 1 "$tries"); do
 		mkdir -p "$STRESS_LOG" && cp "$log" "$STRESS_LOG/console.$n.$t.$(date +%s)"
 	fi
 done
-echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(qemu-system-x86_64 --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} host=${HERD_TESTHOST_DIR:-default}"
+echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(qemu-system-x86_64 --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} pin=${STRESS_PIN:-spread} mem=${STRESS_MEM:-4096} cpus=${STRESS_CPUS:-2} host=$(cat "$HERD_TESTHOST_DIR/versions" | head -n 1)"

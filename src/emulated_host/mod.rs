@@ -47,6 +47,9 @@ its own `ip` applet unless given that path) and stdin from /dev/null.
 Drives are /emu/NAME symlinks to their /dev/vdX, so herd gives guests the
 same disk serials. Files the script leaves in $HERD_OUTPUT_DIR (/emu/out)
 are copied into --output-dir when it ends (regular files and directories).
+At most 5 herd VMs per test-host vCPU run at once (HERD_MAX_VMS, set in
+there: the capacity measured in guest-images/testhost/README.md); more are
+refused. A script may raise it, at its own risk.
 
 When the script exits (or runs past --timeout, or herd gets SIGINT or
 SIGTERM), whatever it left running is stopped: SIGTERM (a herd VM stops its
@@ -231,6 +234,7 @@ fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
             stdin,
             report: args.boot_report.is_some().then_some(INNER_REPORT),
             output: false,
+            max_vms: scenario::max_vms(2),
         }
         .render(),
         mem_mib: args.mem.saturating_add(HOST_OVERHEAD_MIB).max(1024),
@@ -325,6 +329,7 @@ fn script_inner(args: &ScriptArgs) -> Result<u8, EmulatedHostError> {
             stdin: false,
             report: None,
             output: args.output_dir.is_some(),
+            max_vms: scenario::max_vms(args.cpus),
         }
         .render(),
         mem_mib: args.mem,

@@ -29,6 +29,17 @@ pub struct Script<'a> {
     pub report: Option<&'a str>,
     /// Copy OUTPUT_DIR to the drive with serial OUTPUT_SERIAL.
     pub output: bool,
+    /// HERD_MAX_VMS in the test host: more herd VMs at once are refused.
+    pub max_vms: u32,
+}
+
+/// Linux guests the test host carries at once per vCPU, as measured with
+/// guest-images/testhost/stress.sh (see guest-images/testhost/README.md).
+pub const GUESTS_PER_CPU: u32 = 5;
+
+/// The test host's guest cap for `cpus` vCPUs.
+pub fn max_vms(cpus: u32) -> u32 {
+    GUESTS_PER_CPU.saturating_mul(cpus.max(1))
 }
 
 /// `word` quoted for sh.
@@ -47,9 +58,10 @@ pub fn command_line(words: &[String]) -> String {
 impl Script<'_> {
     pub fn render(&self) -> String {
         let setup_failed = SETUP_FAILED_MARK;
+        let max_vms = self.max_vms;
         let mut s = format!(
             r#"# Written by herd (src/emulated_host/scenario.rs), sourced by the test host's /init.
-export HERD_EMULATED_HOST=1 HERD_OUTPUT_DIR={OUTPUT_DIR}
+export HERD_EMULATED_HOST=1 HERD_OUTPUT_DIR={OUTPUT_DIR} HERD_MAX_VMS={max_vms}
 # Our own pid ($$ is /init's): `read` is a builtin, so /proc/self is us.
 read -r _self _ </proc/self/stat
 find_drive() {{
@@ -167,8 +179,10 @@ mod tests {
             stdin: false,
             report: Some("/tmp/r.json"),
             output: true,
+            max_vms: 10,
         }
         .render();
+        assert!(s.contains("HERD_MAX_VMS=10\n"));
         assert!(s.contains("link_drive 'herd-d0' '/emu/disk0/web1.img'"));
         assert!(s.contains("setsid 'herd' 'run' </dev/null >/dev/ttyS1"));
         assert!(s.contains("sed 's/^/[report] /' /tmp/r.json"));

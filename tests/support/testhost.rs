@@ -154,24 +154,9 @@ impl Scenario {
 
     /// Boots the test host and runs the scenario. Panics (with the reason)
     /// if the test host is unavailable or herd cannot be started: these
-    /// tests must fail loudly rather than skip. Runs once more if the
-    /// emulated test host itself flaked (see `ScenarioResult::emulation_flake`),
-    /// said loudly; a flake twice in a row still fails the tests.
+    /// tests must fail loudly rather than skip. There is no retry: a flake
+    /// of the emulated test host fails the tests that depend on it.
     pub fn run(&self) -> ScenarioResult {
-        let first = self.run_once();
-        match first.emulation_flake() {
-            Some(why) => {
-                eprintln!(
-                    "{}: RETRY: the emulated test host flaked ({why}); running the scenario once more",
-                    self.name
-                );
-                self.run_once()
-            }
-            None => first,
-        }
-    }
-
-    fn run_once(&self) -> ScenarioResult {
         let host = TestHost::get()
             .unwrap_or_else(|e| panic!("scenario `{}`: test host unavailable: {e}", self.name));
         // Two TCG machines at once on a small CI box only make both time out.
@@ -399,34 +384,6 @@ impl ScenarioResult {
             run.timed_out |= l.starts_with(GUEST_TIMEOUT_MARK);
         }
         Some(run)
-    }
-
-    /// Why this run may say nothing about herd: the emulated test host
-    /// misbehaved. Under QEMU TCG's nested SVM (2 cores, often loaded), a
-    /// guest has triple-faulted with no kernel message (even before its
-    /// virtio devices are probed) or its console stopped mid-line until
-    /// HERD_TIMEOUT (as if an interrupt were lost); the test host's own KVM
-    /// has overflowed its kernel stack (a test-host console line, unlike a
-    /// guest's panic), and the whole test host has frozen until the
-    /// scenario's timeout. All look like lost or garbled event injection in
-    /// the emulated SVM; tests that expect a triple fault must not use this
-    /// harness's retry.
-    pub fn emulation_flake(&self) -> Option<&str> {
-        if self.timed_out {
-            return Some("the test host froze");
-        }
-        let guest = self.lines.iter().find(|l| {
-            l.contains("guest crashed: vCPU 0: triple fault")
-                || l.starts_with("testhost: guest timed out")
-        });
-        let host = || {
-            self.console.iter().find(|l| {
-                l.contains("test host: ")
-                    && (l.contains("Kernel panic - not syncing")
-                        || l.contains("BUG: TASK stack guard page"))
-            })
-        };
-        guest.or_else(host).map(String::as_str)
     }
 
     /// The named run, which must have ended on its own (not by the test
