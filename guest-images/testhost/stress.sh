@@ -34,6 +34,8 @@ cp "${HERD_BIN:-$repo/target/debug/herd}" "$herd"
 
 cat >"$work/scenario.sh" <<'EOF'
 n=$1 wait_s=$2 pin=$3 cpus=$(nproc)
+# Measuring the capacity: past herd's cap on purpose.
+export HERD_MAX_VMS=1000
 i=1
 while [ $i -le $n ]; do
 	# spread: guest i on test-host CPU i mod cpus; else on every CPU.
