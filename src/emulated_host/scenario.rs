@@ -129,6 +129,8 @@ _cmd=$!
 	read -r _why </dev/ttyS2 || exit 0
 	echo "testhost: stopping the command: $_why"
 	kill -TERM -$_cmd $_cmd 2>/dev/null
+	sleep {GRACE_SECS}
+	kill -KILL -$_cmd $_cmd 2>/dev/null
 ) &
 _ctl=$!
 wait $_cmd
