@@ -451,3 +451,45 @@ fn file_destinations_cannot_escape() {
     assert_eq!(fs::read_to_string(&victim).expect("victim"), "keep me");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The test host refuses more herd VMs than it carries (HERD_MAX_VMS: 5 per
+/// vCPU by default, so 10 here), with a clear error and status 2. Shown with
+/// the cap lowered to 1: a second VM while the first runs is refused.
+#[test]
+fn vms_beyond_the_test_hosts_capacity_are_refused() {
+    let kernel = image_dir("kernel").join("vmlinux");
+    let initrd = image_dir("base").join("initrd.cpio.gz");
+    let dir = scratch("cap");
+    let script = dir.join("script.sh");
+    fs::write(
+        &script,
+        r#"echo "cap=$HERD_MAX_VMS"
+export HERD_MAX_VMS=1
+vm() { herd run --kernel /emu/vmlinux --initrd /emu/initrd.cpio.gz --mem 128 --cmdline "quiet herd.run=\"$1\"" </dev/null; }
+vm "sleep 600" >/tmp/first.log 2>&1 &
+i=0
+until grep -q "herd-init: running herd.run" /tmp/first.log; do
+	i=$((i + 1))
+	[ $i -lt 600 ] || break
+	sleep 0.2
+done
+vm "exit 0" 2>&1
+echo "second exit=$?"
+"#,
+    )
+    .expect("script");
+    let k = format!("--file={}", path(&kernel));
+    let i = format!("--file={}", path(&initrd));
+    let out = herd(&["emulated-host", &k, &i, "--", path(&script)]);
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.has_line("cap=10"), "{}", out.dump());
+    assert!(out.has_line("second exit=2"), "{}", out.dump());
+    assert!(
+        out.stdout.contains(
+            "1 herd VMs are already running on this host, the most HERD_MAX_VMS=1 allows"
+        ),
+        "{}",
+        out.dump()
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
