@@ -338,6 +338,9 @@ fn qemu_escape(path: &Path) -> String {
 const CPU_MODEL: &str = "EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,\
     -osvw,-topoext,-nrip-save,-xsavec,-xsave,-xsaveopt,-xsaves,-xgetbv1,-avx,-avx2,-fma,-f16c";
 
+/// kvm_amd parameters for the test host's KVM (see qemu_args).
+const KVM_AMD_PARAMS: &str = "";
+
 fn qemu_args(
     host: &Path,
     initrd: &Path,
@@ -399,9 +402,14 @@ fn qemu_args(
     );
     push("-initrd", initrd.to_string_lossy().into_owned());
     // panic=-1 + -no-reboot: a test-host panic ends QEMU instead of hanging.
+    // HERD_TESTHOST_APPEND adds to it (e.g. module parameters such as
+    // kvm_amd.vgif=0, which the test host's /init passes to insmod).
+    let extra = std::env::var("HERD_TESTHOST_APPEND").unwrap_or_default();
     push(
         "-append",
-        "console=ttyS0 quiet panic=-1 mitigations=off".into(),
+        format!("console=ttyS0 quiet panic=-1 mitigations=off {KVM_AMD_PARAMS} {extra}")
+            .trim_end()
+            .to_owned(),
     );
     args
 }
