@@ -331,12 +331,12 @@ fn qemu_escape(path: &Path) -> String {
 
 /// The test host's CPU: EPYC + svm/npt gives KVM's AMD module what it
 /// needs; features TCG lacks are switched off so QEMU does not warn about
-/// each. No XSAVE (nor AVX, which needs it): under TCG's nested SVM (QEMU
-/// 7.2), guests saw CPUID 0xD.0 EBX not follow their XCR0 ("XSAVE
-/// consistency problem", then FXSAVE fallback) or, without AVX, had XRSTOR
-/// fail in rt_sigreturn (init killed by SIGSEGV).
+/// each. XSAVE and AVX stay on (QEMU 7.2's TCG has both): other VMMs in the
+/// test host need XSAVE (Firecracker refuses to start without it), and
+/// herd's Linux guests boot with it (guest-images/testhost/README.md has
+/// the measurements; XSAVE without AVX broke XRSTOR in guests).
 const CPU_MODEL: &str = "EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,\
-    -osvw,-topoext,-nrip-save,-xsavec,-xsave,-xsaveopt,-xsaves,-xgetbv1,-avx,-avx2,-fma,-f16c";
+    -osvw,-topoext,-nrip-save,-xsavec,-xsaves,-xgetbv1";
 
 /// kvm_amd parameters for the test host's KVM (see qemu_args).
 const KVM_AMD_PARAMS: &str = "";
