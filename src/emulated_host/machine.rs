@@ -141,7 +141,7 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
     );
     log::debug!("qemu-system-x86_64 {args:?}");
     signals::install();
-    let mut qemu = Command::new("qemu-system-x86_64");
+    let mut qemu = qemu_command();
     // SAFETY: prctl(PR_SET_PDEATHSIG) and setpgid are async-signal-safe and
     // touch no memory of the parent. If herd dies (even by SIGKILL) the
     // emulated host goes with it; in a process group of its own, a Ctrl-C at
@@ -321,6 +321,26 @@ impl Stopper {
             }
         }
     }
+}
+
+/// `qemu-system-x86_64` from PATH, or `$HERD_QEMU` (another build, e.g. one
+/// unpacked from a .deb: its `../share/qemu` and `../share/seabios` then
+/// come first as firmware directories).
+fn qemu_command() -> Command {
+    let Some(bin) = std::env::var_os("HERD_QEMU") else {
+        return Command::new("qemu-system-x86_64");
+    };
+    let bin = PathBuf::from(bin);
+    let mut cmd = Command::new(&bin);
+    if let Some(prefix) = bin.parent().and_then(Path::parent) {
+        for dir in ["share/qemu", "share/seabios"] {
+            let dir = prefix.join(dir);
+            if dir.is_dir() {
+                cmd.arg("-L").arg(dir);
+            }
+        }
+    }
+    cmd
 }
 
 /// QEMU's `-drive` option values separate with commas; a comma in a path
