@@ -82,4 +82,4 @@ for t in $(seq 1 "$tries"); do
 		mkdir -p "$STRESS_LOG" && cp "$log" "$STRESS_LOG/console.$n.$t.$(date +%s)"
 	fi
 done
-echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(qemu-system-x86_64 --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} pin=${STRESS_PIN:-spread} mem=${STRESS_MEM:-4096} cpus=${STRESS_CPUS:-2} host=$(cat "$HERD_TESTHOST_DIR/versions" | head -n 1)"
+echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(${HERD_QEMU:-qemu-system-x86_64} --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} pin=${STRESS_PIN:-spread} mem=${STRESS_MEM:-4096} cpus=${STRESS_CPUS:-2} host=$(cat "$HERD_TESTHOST_DIR/versions" | head -n 1)"
