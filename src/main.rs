@@ -7,6 +7,7 @@ mod exit_status;
 mod image;
 mod net_setup;
 mod terminal;
+mod vm_slots;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -338,6 +339,11 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         boot_report: args.boot_report,
         rng: !args.no_rng,
         vsock: args.vsock,
+    };
+    // Held until the VM has stopped (HERD_MAX_VMS).
+    let _slot = match vm_slots::take() {
+        Ok(slot) => slot,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
     let mut vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,

@@ -25,6 +25,10 @@ apt_quiet() {
 
 # Host tools: only QEMU and cpio are installed into the host; the kernel and
 # busybox are only downloaded and unpacked into the cache.
+# The test host's kernel: Debian's cloud flavour, apt's candidate (bookworm
+# with its security updates), or from the suite HERD_TESTHOST_KERNEL_SUITE.
+kernel_suite=${HERD_TESTHOST_KERNEL_SUITE:-}
+
 need_install=()
 command -v qemu-system-x86_64 >/dev/null || need_install+=(qemu-system-x86)
 command -v cpio >/dev/null || need_install+=(cpio)
@@ -37,20 +41,34 @@ if [ ${#need_install[@]} -gt 0 ]; then
 fi
 
 # Resolve the kernel flavour's current ABI package (linux-image-cloud-amd64
-# depends on linux-image-6.1.0-NN-cloud-amd64): never pinned, so the test host
-# follows Debian's security updates.
+# depends on linux-image-6.x.0-NN-cloud-amd64): never pinned, so the test host
+# follows Debian's updates. From $kernel_suite (see the comment there).
 resolve() {
-	kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-		awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+	local meta
+	if [ -z "$kernel_suite" ]; then
+		kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+			awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+		[ -n "$kpkg" ] || return 1
+		kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2 }')
+		bver=$(apt-cache policy busybox-static | awk '/Candidate:/ { print $2 }')
+		[ -n "$kver" ] && [ "$kver" != "(none)" ] && [ -n "$bver" ] && [ "$bver" != "(none)" ]
+		return
+	fi
+	meta=$(apt-cache madison linux-image-cloud-amd64 2>/dev/null |
+		awk -v s="$kernel_suite" '$0 ~ " "s"/" { print $3; exit }')
+	[ -n "$meta" ] || return 1
+	kpkg=$(apt-cache show "linux-image-cloud-amd64=$meta" 2>/dev/null |
+		awk -F'[ ,]+' '/^Depends:/ { for (i = 2; i <= NF; i++) if ($i ~ /^linux-image-[0-9]/) { print $i; exit } }')
 	[ -n "$kpkg" ] || return 1
-	kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2 }')
+	kver=$(apt-cache madison "$kpkg" 2>/dev/null | awk -v s="$kernel_suite" '$0 ~ " "s"/" { print $3; exit }')
 	bver=$(apt-cache policy busybox-static | awk '/Candidate:/ { print $2 }')
-	[ -n "$kver" ] && [ "$kver" != "(none)" ] && [ -n "$bver" ] && [ "$bver" != "(none)" ]
+	[ -n "$kver" ] && [ -n "$bver" ] && [ "$bver" != "(none)" ]
 }
 if ! resolve; then
 	log "apt lists lack the packages; running apt-get update"
 	apt_quiet update
-	resolve || die "cannot resolve linux-image-cloud-amd64 / busybox-static from apt"
+	resolve || die "cannot resolve linux-image-cloud-amd64 (${kernel_suite:-candidate}) / busybox-static from apt;" \
+		"is $kernel_suite in apt's sources? guest-images/install-deps.sh adds it"
 fi
 
 key=$(cat "$here/build.sh" "$here/init" "$here/lib.sh" - <<<"$kpkg=$kver busybox-static=$bver" |
@@ -58,6 +76,7 @@ key=$(cat "$here/build.sh" "$here/init" "$here/lib.sh" - <<<"$kpkg=$kver busybox
 root=${HERD_CACHE:-$HOME/.cache/herd}/testhost
 out=$root/$key
 if [ -f "$out/done" ]; then
+	touch "$out/done" 2>/dev/null || true
 	echo "$out"
 	exit 0
 fi
@@ -115,7 +134,11 @@ for m in $modules; do
 	name=$(basename "$m")
 	src=
 	for f in "$moddir/kernel/$m".ko*; do [ -e "$f" ] && src=$f && break; done
-	[ -n "$src" ] || die "module $m not in $kpkg"
+	if [ -z "$src" ]; then
+		# Built into this kernel: /init skips modules it does not find.
+		grep -q "^kernel/$m.ko" "$moddir/modules.builtin" || die "module $m not in $kpkg"
+		continue
+	fi
 	# busybox insmod loads plain ELF only: decompress here.
 	case "$src" in
 	*.ko.xz) xz -dc "$src" >"$rfs/lib/testhost-modules/$name.ko" ;;
@@ -133,8 +156,13 @@ printf '%s %s\nbusybox-static %s\n' "$kpkg" "$kver" "$bver" >"$work/versions"
 mkdir -p "$out"
 mv "$work/vmlinuz" "$work/base.cpio" "$work/versions" "$out/"
 touch "$out/done"
-# Builds for other keys (older scripts or packages) are dead weight now.
-find "$root" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build.*' \
-	-exec rm -rf {} + 2>/dev/null || true
+# Builds for other keys unused for over a week (older scripts or packages;
+# other checkouts of herd sharing this cache keep theirs while they use them:
+# every use touches "done").
+for d in "$root"/*/; do
+	d=${d%/}
+	[ "$d" != "$out" ] && [ -f "$d/done" ] || continue
+	[ -n "$(find "$d/done" -mtime -7 2>/dev/null)" ] || rm -rf "$d"
+done
 log "done"
 echo "$out"

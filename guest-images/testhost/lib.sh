@@ -38,10 +38,9 @@ run_guest() {
 # herd's output goes straight to the file OUT (run_guest's `sed` prefixing
 # would hold it in its buffer, so the scenario could not watch it), and
 # `show NAME OUT` later prints it exactly as run_guest would have.
-# Every herd runs pinned to one test-host CPU (CPU=N for bg_guest; the
-# scenario shell, and so run_guest, on CPU 0): under the emulated test host
-# (QEMU TCG's nested SVM) guests then failed less often (see emulation_flake).
-taskset -pc 0 $$ >/dev/null
+# A bg_guest's herd runs pinned to test-host CPU $CPU (default 0): under
+# the emulated test host (QEMU TCG's nested SVM) guests then failed less
+# often (testhost/README.md). Other herds run on any CPU.
 up() { cut -d' ' -f1 /proc/uptime; }
 # wait_for FILE TEXT SECONDS: until FILE (a bg_guest's output) has TEXT;
 # fails after SECONDS or once that guest's herd has exited without it

@@ -11,22 +11,28 @@
 //! (`/emu/disk0/web1.img -> /dev/vdb`), so guests see the same disk serials.
 //! See `machine.rs` for how output and the exit status come back.
 
+mod console;
+mod initramfs;
 mod machine;
+mod output;
+mod scenario;
+mod testhost_dir;
 
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use vmm::config::DiskSpec;
 use vmm::ConsoleConfig;
 
-use crate::exit_status::{EXIT_BAD_INPUT, EXIT_HOST_FAILURE, EXIT_OK};
+use crate::exit_status::{EXIT_BAD_INPUT, EXIT_HOST_FAILURE};
 use crate::RunArgs;
-use machine::{Drive, EmulatedHostError, Job, Output};
+use console::Output;
+use machine::{Drive, EmulatedHostError, Job, Outcome, StopCause};
+use scenario::{command_line, Script, EMU, OUTPUT_DIR};
 
-/// Where files for the command go in the test host (its working directory).
-const EMU: &str = "/emu";
 /// Where the inner herd writes a boot report, printed back afterwards.
 const INNER_REPORT: &str = "/tmp/herd-boot-report.json";
 /// Test-host memory on top of the guest's, for its kernel and page cache.
@@ -34,15 +40,28 @@ const HOST_OVERHEAD_MIB: u64 = 768;
 
 const SCRIPT_HELP: &str = "\
 In the test host (busybox, Debian's cloud kernel, KVM, tun and bridge
-modules) the script runs as root in /emu, with herd on PATH,
+modules) the script runs as root in /emu, with herd on PATH, the helpers
+of guest-images/testhost/lib.sh defined (guest, run_guest, bg_guest),
 HERD_EMULATED_HOST=1, iproute2's ip at /usr/local/bin/ip (busybox sh runs
 its own `ip` applet unless given that path) and stdin from /dev/null.
 Drives are /emu/NAME symlinks to their /dev/vdX, so herd gives guests the
-same disk serials. The test host comes from $HERD_TESTHOST_DIR, else
-herd's source tree (guest-images/testhost/build.sh), else the newest build
-in ${HERD_CACHE:-~/.cache/herd}/testhost.
+same disk serials. Files the script leaves in $HERD_OUTPUT_DIR (/emu/out)
+are copied into --output-dir when it ends (regular files and directories).
+At most 5 herd VMs per test-host vCPU run at once (HERD_MAX_VMS, set in
+there: the capacity measured in guest-images/testhost/README.md); more are
+refused. A script may raise it, at its own risk.
 
-Exit status: the script's; 2 bad input; 3 the test host failed.";
+When the script exits (or runs past --timeout, or herd gets SIGINT or
+SIGTERM), whatever it left running is stopped: SIGTERM (a herd VM stops its
+guest), then SIGKILL 3 s later. A second Ctrl-C kills the test host at once.
+
+The test host comes from $HERD_TESTHOST_DIR, else the output of
+guest-images/testhost/build.sh ($HERD_TESTHOST_BUILD, or the source
+checkout this herd binary was built in; owned by root or you and writable
+by no one else), else the newest build in ${HERD_CACHE:-~/.cache/herd}/testhost.
+
+Exit status: the script's; 124 it ran past --timeout; 130/143 stopped by
+SIGINT/SIGTERM; 2 bad input; 3 the test host failed.";
 
 #[derive(Args)]
 #[command(after_help = SCRIPT_HELP)]
@@ -65,6 +84,14 @@ pub struct ScriptArgs {
     /// host's console).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
+    /// Stop the script (and all it started) once it has run this many
+    /// seconds; herd then exits 124.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+    /// Copy the files the script left in $HERD_OUTPUT_DIR (/emu/out) into
+    /// DIR (created if missing) when it ends, however it ends.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
     /// The shell script (busybox sh) to run and its arguments; its stdout
     /// and stderr come out here, its exit status is herd's.
     #[arg(last = true, required = true, value_name = "SCRIPT [ARGS]")]
@@ -197,29 +224,31 @@ fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
     let stdin = console == ConsoleConfig::Stdio && std::io::stdin().is_terminal();
     let nproc = std::thread::available_parallelism()
         .map_or(2, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let command = command_line(&inner);
     let job = Job {
         files,
         drives,
-        scenario: scenario(
-            &links,
-            &command_line(&inner),
+        scenario: Script {
+            links: &links,
+            command: &command,
             stdin,
-            args.boot_report.is_some(),
-        ),
+            report: args.boot_report.is_some().then_some(INNER_REPORT),
+            output: false,
+            max_vms: scenario::max_vms(2),
+        }
+        .render(),
         mem_mib: args.mem.saturating_add(HOST_OVERHEAD_MIB).max(1024),
         cpus: args.cpus.min(nproc).max(2),
         stdout,
         stdin,
         with_ip: false,
+        timeout: None,
+        output: None,
     };
-    let host = machine::find_testhost()?;
+    let host = testhost_dir::find_testhost()?;
     log::info!("running the VM in herd's emulated test host (QEMU software emulation; slow)");
     let outcome = machine::execute(&host, job)?;
     drop(locks);
-    let Some(outcome) = outcome else {
-        log::info!("stopped by a signal: the emulated test host was killed");
-        return Ok(EXIT_OK);
-    };
     if let Some(path) = &args.boot_report {
         match &outcome.report {
             Some(report) => fs::write(path, report).map_err(|e| EmulatedHostError::Io {
@@ -229,7 +258,7 @@ fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
             None => log::error!("herd wrote no boot report in the emulated host"),
         }
     }
-    Ok(status_byte(outcome.status))
+    Ok(final_status(&outcome, "herd"))
 }
 
 fn script_inner(args: &ScriptArgs) -> Result<u8, EmulatedHostError> {
@@ -256,6 +285,13 @@ fn script_inner(args: &ScriptArgs) -> Result<u8, EmulatedHostError> {
             Some(d) => format!("{EMU}/{d}"),
             None => format!("{EMU}/{}", file_name(&src)?),
         };
+        initramfs::checked_dest(&dest).map_err(|e| bad(format!("--file {f}: {e}")))?;
+        if dest == OUTPUT_DIR || dest.starts_with(&format!("{OUTPUT_DIR}/")) {
+            return Err(bad(format!(
+                "--file {f}: {OUTPUT_DIR} is the script's output directory, empty at the \
+                 start; put input files elsewhere"
+            )));
+        }
         files.push((src, dest));
     }
     let mut drives = Vec::new();
@@ -274,25 +310,63 @@ fn script_inner(args: &ScriptArgs) -> Result<u8, EmulatedHostError> {
             read_only: spec.read_only,
         });
     }
-    let mut command = vec!["sh".to_owned(), format!("{EMU}/.herd-script.sh")];
+    // The test host's shell helpers (guest, run_guest, bg_guest, …: see
+    // guest-images/testhost/lib.sh) come first.
+    let mut command = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#". /etc/testhost-lib.sh && . "$0""#.to_owned(),
+        format!("{EMU}/.herd-script.sh"),
+    ];
     command.extend(script_args.iter().cloned());
+    let command = command_line(&command);
     let job = Job {
         files,
         drives,
-        scenario: scenario(&links, &command_line(&command), false, false),
+        scenario: Script {
+            links: &links,
+            command: &command,
+            stdin: false,
+            report: None,
+            output: args.output_dir.is_some(),
+            max_vms: scenario::max_vms(args.cpus),
+        }
+        .render(),
         mem_mib: args.mem,
         cpus: args.cpus.max(1),
         stdout: Output::Stdout,
         stdin: false,
         with_ip: true,
+        timeout: args.timeout.map(Duration::from_secs),
+        output: args.output_dir.clone(),
     };
-    let host = machine::find_testhost()?;
+    let host = testhost_dir::find_testhost()?;
     log::info!("running the script in herd's emulated test host (QEMU software emulation; slow)");
-    match machine::execute(&host, job)? {
-        Some(outcome) => Ok(status_byte(outcome.status)),
+    let outcome = machine::execute(&host, job)?;
+    Ok(final_status(&outcome, "the script"))
+}
+
+/// herd's exit status for a finished run of `what`, said on stderr: the
+/// command's own, 124 after `--timeout` (as timeout(1)), 128 + N after
+/// signal N (as a shell reports a command killed by it).
+fn final_status(outcome: &Outcome, what: &str) -> u8 {
+    let code = status_byte(outcome.status);
+    match outcome.stopped {
         None => {
-            log::info!("stopped by a signal: the emulated test host was killed");
-            Ok(EXIT_OK)
+            log::info!("{what} exited with status {code}");
+            code
+        }
+        Some(StopCause::Timeout(limit)) => {
+            log::warn!(
+                "{what} was stopped after --timeout {} s (its status {code}); exiting 124",
+                limit.as_secs()
+            );
+            124
+        }
+        Some(StopCause::Signal(sig)) => {
+            let ours = u8::try_from(128 + sig).unwrap_or(EXIT_HOST_FAILURE);
+            log::warn!("{what} was stopped by a signal (its status {code}); exiting {ours}");
+            ours
         }
     }
 }
@@ -303,93 +377,9 @@ fn status_byte(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(EXIT_HOST_FAILURE)
 }
 
-/// `word` quoted for sh.
-fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-fn command_line(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| sh_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The test host's /scenario.sh: link the drives by serial, run `command`
-/// with stdout raw on ttyS1 and stderr as prefixed console lines, then
-/// print the boot report (if `report`) and exit with the command's status.
-fn scenario(links: &[(String, String)], command: &str, stdin: bool, report: bool) -> String {
-    let setup_failed = machine::SETUP_FAILED_MARK;
-    let mut s = format!(
-        r#"# Written by herd (src/emulated_host), sourced by the test host's /init.
-export HERD_EMULATED_HOST=1
-link_drive() {{
-	for _d in /sys/block/vd*; do
-		if [ "$(cat "$_d/serial" 2>/dev/null)" = "$1" ]; then
-			mkdir -p "${{2%/*}}" && ln -sf "/dev/${{_d##*/}}" "$2" && return 0
-		fi
-	done
-	echo "{setup_failed}no drive with serial $1 for $2"
-	exit 124
-}}
-mkdir -p {EMU}
-"#
-    );
-    for (serial, dest) in links {
-        s += &format!("link_drive {} {}\n", sh_quote(serial), sh_quote(dest));
-    }
-    let input = if stdin { "/dev/ttyS1" } else { "/dev/null" };
-    s += &format!(
-        r#"stty -F /dev/ttyS1 raw -echo || echo "{setup_failed}no ttyS1"
-mkfifo /tmp/herd-stderr
-sed 's/^/{stderr}/' </tmp/herd-stderr &
-_sed=$!
-cd {EMU}
-{command} <{input} >/dev/ttyS1 2>/tmp/herd-stderr
-_rc=$?
-wait $_sed
-echo
-"#,
-        stderr = machine::STDERR_PREFIX,
-    );
-    if report {
-        s += &format!(
-            "[ -f {INNER_REPORT} ] && sed 's/^/{}/' {INNER_REPORT} && echo\n",
-            machine::REPORT_PREFIX
-        );
-    }
-    s += "exit $_rc\n";
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_any_word() {
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert_eq!(
-            command_line(&["herd".into(), r#"herd.run="echo 'x'""#.into()]),
-            r#"'herd' 'herd.run="echo '\''x'\''"'"#
-        );
-    }
-
-    #[test]
-    fn scenario_links_drives_and_reports() {
-        let s = scenario(
-            &[("herd-d0".into(), "/emu/disk0/web1.img".into())],
-            "'herd' 'run'",
-            false,
-            true,
-        );
-        assert!(s.contains("link_drive 'herd-d0' '/emu/disk0/web1.img'"));
-        assert!(s.contains("'herd' 'run' </dev/null >/dev/ttyS1"));
-        assert!(s.contains(INNER_REPORT));
-        assert!(s.ends_with("exit $_rc\n"));
-    }
 
     #[test]
     fn status_bytes() {

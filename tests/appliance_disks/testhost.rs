@@ -166,7 +166,7 @@ say "base sha256 before $(sha256sum $B | cut -d' ' -f1)"
 N="1 2 3 4 5 6 7 8 9 10"
 # The next guest starts once the previous one reached init: ten early
 # boots at once (VM exits by the thousand) made the emulated test host's
-# own KVM crash now and then (see emulation_flake).
+# own KVM crash now and then (guest-images/testhost/README.md).
 for i in $N; do
 	mkfifo /tmp/in$i
 	CPU=$((i % 2)) bg_boot /tmp/out$i conc$i g$i.img conc $i 0<>/tmp/in$i &

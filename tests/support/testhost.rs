@@ -1,41 +1,50 @@
-//! The herd test host: a small Linux (Debian's cloud kernel + busybox) under
-//! QEMU TCG with an emulated AMD-V CPU, so that real KVM works inside it even
-//! where the machine's own /dev/kvm cannot boot Linux guests, or is absent.
+//! Test-host scenarios for the tests and benches: a shell script run by
+//! `herd emulated-host` (the same code users run: src/emulated_host/), with
+//! files put into the test host, an output directory copied back and the
+//! script's output and status. No second QEMU command line lives here.
 //!
-//! `guest-images/testhost/build.sh` builds (and caches) the kernel and a base
-//! initramfs; each run appends a second cpio archive (the kernel unpacks
-//! concatenated archives) with herd, its shared libraries, the test's files
-//! and `/scenario.sh`. The test host's `/init` loads KVM, runs the scenario
-//! and prints `testhost: scenario exit=<code>`, which is how the exit code
-//! comes back. Scenarios get two shell helpers (`guest-images/testhost/lib.sh`):
-//! `guest ARGS…` runs `herd ARGS…` with output prefixed `[guest] ` and keeps
-//! herd's exit status; `run_guest NAME ARGS…` also frames it with markers that
-//! [`ScenarioResult::run`] finds.
+//! Writing a test (see guest-images/testhost/README.md for the test host):
 //!
-//! Console lines are echoed to the test's stderr as they arrive (`[testhost] …`
-//! and `[guest] …`; libtest shows them on failure or with `--nocapture`), and
-//! every failure panics with the last lines of both consoles.
+//! ```ignore
+//! let res = Scenario::new("my_test", "run_guest boot run --kernel /guest/vmlinux …\n\
+//!                                     echo done >$HERD_OUTPUT_DIR/result")
+//!     .herd(Path::new(env!("CARGO_BIN_EXE_herd")))
+//!     .file(&kernel, "vmlinux")            // /guest/vmlinux in the test host
+//!     .timeout(Duration::from_secs(300))   // the script's own run time
+//!     .run();
+//! res.assert_ok();
+//! assert_eq!(res.output_file("result").as_deref(), Some("done\n"));
+//! res.finished_run("boot").assert_exit(0);
+//! ```
+//!
+//! The script (busybox sh, run in /emu) gets the test host's helpers
+//! (`guest-images/testhost/lib.sh`): `guest ARGS…` runs `herd ARGS…` with
+//! output prefixed `[guest] `; `run_guest NAME ARGS…` also frames it with
+//! markers that [`ScenarioResult::run`] finds; `bg_guest`/`show`/`wait_for`
+//! for guests in the background. Whatever it leaves running is stopped when
+//! it exits. Its stdout lines are [`ScenarioResult::lines`]; the test host's
+//! console (herd's debug log) is kept for failure messages. Both are echoed
+//! to the test's stderr as they arrive (libtest shows them on failure or
+//! with `--nocapture`), and every failure panics with the last lines.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::ffi::OsString;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Lines of each console shown in a failure message.
 const TAIL: usize = 40;
-/// Where herd goes inside the test host (on PATH there).
-const HERD_DEST: &str = "/usr/local/bin/herd";
-const EXIT_MARK: &str = "testhost: scenario exit=";
-const KVM_READY_MARK: &str = "testhost: kvm ready";
 const GUEST_PREFIX: &str = "[guest] ";
 const GUEST_TIMEOUT_MARK: &str = "testhost: guest timed out";
+/// Time for the test host to boot and stop, on top of the script's timeout,
+/// before the harness kills herd itself.
+const BOOT_AND_STOP: Duration = Duration::from_secs(180);
 
 /// The built test host: kernel and base initramfs from build.sh's cache.
 #[derive(Debug, Clone)]
@@ -46,23 +55,6 @@ pub struct TestHost {
 /// Why the test host cannot run, or `Ok` if it can (builds it if needed).
 pub fn testhost_available() -> Result<(), String> {
     TestHost::get().map(|_| ())
-}
-
-/// Runs `script` in a fresh test host with herd and `files` in it; see
-/// [`Scenario`] for where `files` land. Panics only if the test host itself
-/// cannot be built or started; check the result with its `assert_*` methods.
-pub fn run_scenario(
-    name: &str,
-    herd: &Path,
-    files: &[(PathBuf, &str)],
-    script: &str,
-    timeout: Duration,
-) -> ScenarioResult {
-    let mut sc = Scenario::new(name, script).herd(herd).timeout(timeout);
-    for (src, dest) in files {
-        sc = sc.file(src, dest);
-    }
-    sc.run()
 }
 
 impl TestHost {
@@ -102,8 +94,8 @@ impl TestHost {
         Ok(TestHost { dir })
     }
 
-    /// The test host's own kernel (Debian cloud 6.1), a bzImage that also
-    /// boots as a herd guest.
+    /// The test host's own kernel (Debian cloud), a bzImage that also boots
+    /// as a herd guest.
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
@@ -136,7 +128,8 @@ impl Scenario {
         }
     }
 
-    /// The herd binary to install (with its `ldd` libraries) as `herd`.
+    /// The herd binary to run (it installs itself in the test host);
+    /// default: this package's.
     pub fn herd(mut self, path: &Path) -> Self {
         self.herd = Some(path.to_path_buf());
         self
@@ -153,33 +146,17 @@ impl Scenario {
         self
     }
 
-    /// Wall-clock limit for the whole test host run, QEMU start to exit.
+    /// Limit for the script's run time (`herd emulated-host --timeout`).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Boots the test host and runs the scenario. Panics (with the reason)
-    /// if the test host is unavailable or the initramfs cannot be assembled:
-    /// these tests must fail loudly rather than skip.
-    /// Runs the scenario, and once more if the emulated test host itself
-    /// flaked (see `ScenarioResult::emulation_flake`); said loudly, and a
-    /// flake twice in a row still fails the tests.
+    /// if the test host is unavailable or herd cannot be started: these
+    /// tests must fail loudly rather than skip. There is no retry: a flake
+    /// of the emulated test host fails the tests that depend on it.
     pub fn run(&self) -> ScenarioResult {
-        let first = self.run_once();
-        match first.emulation_flake() {
-            Some(why) => {
-                eprintln!(
-                    "{}: RETRY: the emulated test host flaked ({why}); running the scenario once more",
-                    self.name
-                );
-                self.run_once()
-            }
-            None => first,
-        }
-    }
-
-    fn run_once(&self) -> ScenarioResult {
         let host = TestHost::get()
             .unwrap_or_else(|e| panic!("scenario `{}`: test host unavailable: {e}", self.name));
         // Two TCG machines at once on a small CI box only make both time out.
@@ -187,138 +164,112 @@ impl Scenario {
         let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let work = WorkDir::new(&self.name)
             .unwrap_or_else(|e| panic!("scenario `{}`: temp dir: {e}", self.name));
-        let initrd = work.0.join("initrd.cpio");
-        self.assemble(host, &work.0, &initrd)
-            .unwrap_or_else(|e| panic!("scenario `{}`: assembling initramfs: {e}", self.name));
-        self.boot(host, &initrd)
-    }
-
-    /// initrd = base.cpio + a second newc archive made by `cpio` from a
-    /// staging tree of symlinks to the host files (`-L` stores their
-    /// contents), so large guest images are never copied twice.
-    fn assemble(&self, host: &TestHost, work: &Path, initrd: &Path) -> io::Result<()> {
-        let root = work.join("root");
-        let stage = |src: &Path, dest: &str| -> io::Result<()> {
-            let src = fs::canonicalize(src).map_err(|e| ctx(src, e))?;
-            let link = root.join(dest.trim_start_matches('/'));
-            if let Some(parent) = link.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(&src, &link).map_err(|e| ctx(&link, e))
-        };
-        fs::create_dir_all(&root)?;
-        if let Some(herd) = &self.herd {
-            let herd = stripped_copy(herd, work)?;
-            stage(&herd, HERD_DEST)?;
-            for lib in ldd(&herd)? {
-                stage(&lib, &lib.to_string_lossy())?;
-            }
-        }
+        let script = work.0.join("scenario.sh");
+        fs::write(&script, &self.script)
+            .unwrap_or_else(|e| panic!("scenario `{}`: {}: {e}", self.name, script.display()));
+        let out_dir = work.0.join("out");
+        let herd = self
+            .herd
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herd")));
+        let mut cmd = Command::new(herd);
+        cmd.env("HERD_TESTHOST_DIR", &host.dir)
+            .args(["emulated-host", "--log-level", "debug"])
+            .arg(format!("--mem={}", self.mem_mib))
+            .arg(format!("--cpus={}", self.cpus))
+            .arg(format!("--timeout={}", self.timeout.as_secs().max(1)))
+            .arg("--output-dir")
+            .arg(&out_dir);
         for (src, dest) in &self.files {
-            stage(src, dest)?;
+            let mut arg = std::ffi::OsString::from("--file=");
+            arg.push(src);
+            arg.push(format!(":{dest}"));
+            cmd.arg(arg);
         }
-        let script = root.join("scenario.sh");
-        fs::write(&script, &self.script)?;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-
-        fs::copy(host.dir.join("base.cpio"), initrd)?;
-        let out = fs::OpenOptions::new().append(true).open(initrd)?;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -L -R 0:0")
-            .current_dir(&root)
-            .stdout(out)
-            .status()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("cpio failed ({status})")));
-        }
-        Ok(())
+        cmd.arg("--").arg(&script);
+        let mut res = self.boot(cmd);
+        res.outputs = read_tree(&out_dir);
+        res
     }
 
-    fn boot(&self, host: &TestHost, initrd: &Path) -> ScenarioResult {
+    fn boot(&self, mut cmd: Command) -> ScenarioResult {
         let start = Instant::now();
-        let mut qemu = Command::new("qemu-system-x86_64");
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
         // memory of the parent; a test process that dies (killed, timed out)
-        // then takes its emulated host with it instead of leaving it spinning.
+        // then takes herd, and herd its emulated host, with it.
         unsafe {
-            qemu.pre_exec(|| {
+            cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let mut child = qemu
-            .args(qemu_args(host, initrd, self.mem_mib, self.cpus))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("scenario `{}`: cannot start QEMU: {e}", self.name));
+        let mut child = KillOnDrop(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("scenario `{}`: cannot start herd: {e}", self.name)),
+        );
         let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout was piped");
-        std::thread::spawn(move || {
-            // Serial output may hold stray non-UTF-8 bytes: read raw lines.
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                let text = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
-                if tx.send(text).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr = child.stderr.take().expect("stderr was piped");
-        let err_thread = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-
+        let out = lines(
+            child.0.stdout.take().expect("stdout was piped"),
+            tx.clone(),
+            true,
+        );
+        let err = lines(child.0.stderr.take().expect("stderr was piped"), tx, false);
         let mut res = ScenarioResult {
             name: self.name.clone(),
             lines: Vec::new(),
+            console: Vec::new(),
             exit_code: None,
             timed_out: false,
             kvm_ready: None,
             elapsed: Duration::ZERO,
-            qemu_status: None,
-            qemu_stderr: String::new(),
+            status: None,
+            outputs: BTreeMap::new(),
         };
-        let deadline = start + self.timeout;
+        let deadline = start + self.timeout + BOOT_AND_STOP;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) => {
+                Ok((true, line)) => {
                     if line.starts_with(GUEST_PREFIX) {
                         eprintln!("{line}");
                     } else {
-                        eprintln!("[testhost] {line}");
-                    }
-                    if line.contains(KVM_READY_MARK) && res.kvm_ready.is_none() {
-                        res.kvm_ready = Some(start.elapsed());
-                    }
-                    if let Some(code) = line.trim().strip_prefix(EXIT_MARK) {
-                        res.exit_code = code.trim().parse().ok();
+                        eprintln!("[script] {line}");
                     }
                     res.lines.push(line);
                 }
+                Ok((false, line)) => {
+                    eprintln!("[herd] {line}");
+                    if line.contains("test host up after") && res.kvm_ready.is_none() {
+                        res.kvm_ready = Some(start.elapsed());
+                    }
+                    res.timed_out |= line.contains("ran past --timeout");
+                    res.console.push(line);
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    eprintln!(
+                        "[herd] still running {:?} after the script's timeout: killing it",
+                        BOOT_AND_STOP
+                    );
                     res.timed_out = true;
-                    eprintln!("[testhost] timeout after {:?}: killing QEMU", self.timeout);
-                    let _ = child.kill();
+                    let _ = child.0.kill();
                     break;
                 }
             }
         }
-        res.qemu_status = child.wait().ok();
-        res.qemu_stderr = err_thread.join().unwrap_or_default();
+        let _ = (out.join(), err.join());
+        res.status = child.0.wait().ok();
         res.elapsed = start.elapsed();
+        let host_failed = res.console.iter().any(|l| l.starts_with("herd: error:"));
+        if !res.timed_out && !host_failed {
+            res.exit_code = res.status.and_then(|s| s.code());
+        }
         if let Some(t) = res.kvm_ready {
             eprintln!(
-                "[testhost] `{}`: kvm ready after {t:.2?}, done after {:.2?}",
+                "[herd] `{}`: test host up after {t:.2?}, done after {:.2?}",
                 self.name, res.elapsed
             );
         }
@@ -326,56 +277,77 @@ impl Scenario {
     }
 }
 
-fn qemu_args(host: &TestHost, initrd: &Path, mem_mib: u32, cpus: u32) -> Vec<OsString> {
-    // EPYC + svm/npt gives KVM's AMD module what it needs; features TCG
-    // lacks are switched off so QEMU does not warn about each. No XSAVE (nor
-    // AVX, which needs it): under TCG's nested SVM, guests saw CPUID 0xD.0
-    // EBX not follow their XCR0 ("XSAVE consistency problem", then FXSAVE
-    // fallback) or, without AVX, had XRSTOR fail in rt_sigreturn (init killed
-    // by SIGSEGV). Without XSAVE guests use FXSAVE from the start.
-    let cpu = std::env::var("HERD_TESTHOST_CPU").unwrap_or_else(|_| {
-        "EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,\
-         -topoext,-nrip-save,-xsavec,-xsave,-xsaveopt,-xsaves,-xgetbv1,-avx,-avx2,-fma,-f16c"
-            .to_string()
-    });
-    let fixed = format!(
-        "-accel tcg -machine q35 -cpu {cpu} -m {mem_mib} -smp {cpus} -nodefaults \
-         -no-user-config -display none -serial stdio -no-reboot"
-    );
-    let mut args: Vec<OsString> = fixed.split_whitespace().map(OsString::from).collect();
-    args.extend(["-kernel".into(), host.kernel().into_os_string()]);
-    args.extend(["-initrd".into(), initrd.as_os_str().to_os_string()]);
-    // panic=-1: a test-host panic reboots at once, and -no-reboot turns that
-    // into QEMU exiting instead of hanging until the timeout.
-    args.extend([
-        "-append".into(),
-        "console=ttyS0 quiet panic=-1 mitigations=off".into(),
-    ]);
-    args
+/// Sends each line of `pipe` tagged with `is_stdout`; returns at EOF.
+fn lines(
+    pipe: impl Read + Send + 'static,
+    tx: mpsc::Sender<(bool, String)>,
+    is_stdout: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // Serial output may hold stray non-UTF-8 bytes: read raw lines.
+        for line in BufReader::new(pipe).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send((is_stdout, text)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Every regular file under `dir`, by path relative to it.
+fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let (Ok(rel), Ok(data)) = (p.strip_prefix(dir), fs::read(&p)) {
+                files.insert(rel.to_path_buf(), data);
+            }
+        }
+    }
+    files
 }
 
 /// What a test-host run printed and how it ended.
 #[derive(Debug, Clone)]
 pub struct ScenarioResult {
     pub name: String,
-    /// Every console line (test host and `[guest] ` lines), in order.
+    /// The script's stdout lines (its own and `[guest] ` lines), in order.
     pub lines: Vec<String>,
-    /// The scenario's exit status, from `testhost: scenario exit=N`; `None`
-    /// if the test host never got that far (panic, timeout, QEMU failure).
+    /// herd's stderr: its log with the test host's console, the script's
+    /// stderr.
+    pub console: Vec<String>,
+    /// The script's exit status; `None` if it did not end by itself (the
+    /// test host failed, or the script ran past its timeout).
     pub exit_code: Option<i32>,
     pub timed_out: bool,
-    /// From QEMU start to `testhost: kvm ready`.
+    /// From herd's start to the test host's KVM being up.
     pub kvm_ready: Option<Duration>,
-    /// From QEMU start to QEMU exit.
+    /// From herd's start to its exit.
     pub elapsed: Duration,
-    pub qemu_status: Option<ExitStatus>,
-    pub qemu_stderr: String,
+    /// herd's own exit status.
+    pub status: Option<ExitStatus>,
+    /// The files the script left in $HERD_OUTPUT_DIR, by relative path.
+    pub outputs: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 impl ScenarioResult {
-    /// The full console as one string.
+    /// The script's whole stdout as one string.
     pub fn output(&self) -> String {
         self.lines.join("\n")
+    }
+
+    /// A file the script left in $HERD_OUTPUT_DIR, as text.
+    pub fn output_file(&self, name: &str) -> Option<String> {
+        self.outputs
+            .get(Path::new(name))
+            .map(|d| String::from_utf8_lossy(d).into_owned())
     }
 
     /// All guest lines (herd's output inside the scenario), prefix removed.
@@ -399,13 +371,11 @@ impl ScenarioResult {
             lines: Vec::new(),
             secs: None,
             timed_out: false,
-            upto: self.lines.len(),
         };
-        for (i, l) in self.lines.iter().enumerate().skip(first + 1) {
+        for l in self.lines.iter().skip(first + 1) {
             if let Some(rest) = l.strip_prefix(&end) {
                 run.exit_code = rest.split_whitespace().next().and_then(|c| c.parse().ok());
                 run.secs = start.zip(uptime(l)).map(|(a, b)| b - a);
-                run.upto = i + 1;
                 break;
             }
             if let Some(g) = l.strip_prefix(GUEST_PREFIX) {
@@ -414,33 +384,6 @@ impl ScenarioResult {
             run.timed_out |= l.starts_with(GUEST_TIMEOUT_MARK);
         }
         Some(run)
-    }
-
-    /// Like [`Self::run`], but panics with the console tail if it is missing.
-    /// Why this run may say nothing about herd: the emulated test host
-    /// misbehaved. Under QEMU TCG's nested SVM (2 cores, often loaded), about
-    /// one run in five or ten has a guest that triple-faults with no kernel
-    /// message (even before its virtio devices are probed) or whose console
-    /// stops mid-line until HERD_TIMEOUT (as if an interrupt were lost); the
-    /// test host's own KVM has overflowed its kernel stack (a test-host line,
-    /// unlike a guest's panic), and the whole test host has frozen until the
-    /// scenario's timeout. All look like lost or garbled event injection in
-    /// the emulated SVM; tests that expect a triple fault must not use this
-    /// harness's retry.
-    pub fn emulation_flake(&self) -> Option<&str> {
-        if self.timed_out {
-            return Some("the test host froze");
-        }
-        self.lines
-            .iter()
-            .find(|l| {
-                l.contains("guest crashed: vCPU 0: triple fault")
-                    || l.starts_with("testhost: guest timed out")
-                    || (!l.starts_with("[guest] ")
-                        && (l.contains("Kernel panic - not syncing")
-                            || l.contains("BUG: TASK stack guard page")))
-            })
-            .map(String::as_str)
     }
 
     /// The named run, which must have ended on its own (not by the test
@@ -467,10 +410,7 @@ impl ScenarioResult {
 
     /// Panics with `what` and the last lines of both consoles.
     pub fn fail(&self, what: &str) -> ! {
-        panic!(
-            "{}",
-            self.report(what, &self.guest_lines(), self.lines.len())
-        )
+        panic!("{}", self.report(what, &self.guest_lines()))
     }
 
     /// Panics unless the scenario ran to the end with status 0.
@@ -480,32 +420,29 @@ impl ScenarioResult {
         }
     }
 
-    /// Panics unless some console line contains `needle`.
+    /// Panics unless some line of the script's stdout contains `needle`.
     pub fn assert_contains(&self, needle: &str) {
         if !self.lines.iter().any(|l| l.contains(needle)) {
-            self.fail(&format!("console has no line containing {needle:?}"));
+            self.fail(&format!("the script printed no line containing {needle:?}"));
         }
     }
 
-    /// `upto`: console lines considered (a guest run's failure shows the test
-    /// host as it was when that run ended, not after later runs).
-    fn report(&self, what: &str, guest: &[&str], upto: usize) -> String {
+    fn report(&self, what: &str, guest: &[&str]) -> String {
         let mut s = format!("scenario `{}`: {what}\n", self.name);
         s += &format!(
-            "scenario exit: {:?}, timed out: {}, QEMU: {:?}, kvm ready after: {:?}, ran {:.1?}\n",
-            self.exit_code, self.timed_out, self.qemu_status, self.kvm_ready, self.elapsed
+            "scenario exit: {:?}, timed out: {}, herd: {:?}, test host up after: {:?}, ran {:.1?}\n",
+            self.exit_code, self.timed_out, self.status, self.kvm_ready, self.elapsed
         );
-        let host: Vec<&str> = self.lines[..upto.min(self.lines.len())]
+        let script: Vec<&str> = self
+            .lines
             .iter()
             .filter(|l| !l.starts_with(GUEST_PREFIX))
             .map(String::as_str)
             .collect();
-        s += &tail_block("test-host console", &host);
+        let console: Vec<&str> = self.console.iter().map(String::as_str).collect();
+        s += &tail_block("test-host console and herd's log", &console);
+        s += &tail_block("script output", &script);
         s += &tail_block("guest console", guest);
-        if !self.qemu_stderr.trim().is_empty() {
-            let err: Vec<&str> = self.qemu_stderr.lines().collect();
-            s += &tail_block("QEMU stderr", &err);
-        }
         s
     }
 }
@@ -523,8 +460,6 @@ pub struct GuestRun<'a> {
     pub secs: Option<f64>,
     /// HERD_TIMEOUT ran out and herd was sent SIGTERM.
     pub timed_out: bool,
-    /// Console lines up to this run's end marker.
-    upto: usize,
 }
 
 impl GuestRun<'_> {
@@ -533,11 +468,8 @@ impl GuestRun<'_> {
         let guest: Vec<&str> = self.lines.iter().map(String::as_str).collect();
         panic!(
             "{}",
-            self.host.report(
-                &format!("guest run `{}`: {what}", self.name),
-                &guest,
-                self.upto
-            )
+            self.host
+                .report(&format!("guest run `{}`: {what}", self.name), &guest)
         )
     }
 
@@ -597,44 +529,16 @@ fn tail_block(title: &str, lines: &[&str]) -> String {
     s
 }
 
-/// A copy of `bin` without debug info when `strip` exists: a debug build of
-/// herd is mostly DWARF, which would only slow QEMU's initrd loading.
-fn stripped_copy(bin: &Path, work: &Path) -> io::Result<PathBuf> {
-    let dest = work.join("herd");
-    let stripped = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&dest)
-        .arg(bin)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !stripped {
-        fs::copy(bin, &dest).map_err(|e| ctx(bin, e))?;
+/// Kills and reaps herd if a panic leaves it running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
-    Ok(dest)
-}
-
-/// Shared libraries `ldd` lists for `bin`, the dynamic loader included;
-/// none for a static binary (ldd then exits non-zero and prints no paths).
-fn ldd(bin: &Path) -> io::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(bin).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "libc.so.6 => /lib/…/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-    let paths = text.lines().filter_map(|line| match line.split_once("=>") {
-        Some((_, right)) => right.split_whitespace().next(),
-        None => line.split_whitespace().next(),
-    });
-    Ok(paths
-        .filter(|p| p.starts_with('/'))
-        .map(PathBuf::from)
-        .collect())
-}
-
-/// Adds the path to an I/O error, which alone would not say which file.
-fn ctx(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// A per-run scratch directory, removed when the run ends.
