@@ -109,6 +109,8 @@ fn line_tool(dir: &Path, base_initrd: &Path) -> Result<(PathBuf, PathBuf), Strin
     }
     let mut initrd =
         fs::read(base_initrd).map_err(|e| format!("{}: {e}", base_initrd.display()))?;
+    // Linux looks for an uncompressed cpio header only at 4-byte offsets.
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
     initrd.extend(fs::read(dir.join("extra.cpio")).map_err(|e| format!("extra.cpio: {e}"))?);
     let out = dir.join("initrd-line.cpio");
     fs::write(&out, initrd).map_err(|e| format!("{}: {e}", out.display()))?;

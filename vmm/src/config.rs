@@ -247,13 +247,14 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// Root, then disks, then NICs, then the rng: the order of their MMIO
-    /// slots.
+    /// Root, then disks, then NICs, then the rng and vsock: the order of
+    /// their MMIO slots.
     pub fn virtio_device_count(&self) -> usize {
         usize::from(self.root.is_some())
             + self.disks.len()
             + self.nets.len()
             + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
     }
 
     /// herd's defaults, the root and the virtio devices, then the user's
@@ -376,6 +377,15 @@ mod tests {
         let root = line.find("root=/dev/vda ro").unwrap();
         let dev0 = line.find("virtio_mmio.device=4K@0xd0000000:5").unwrap();
         let dev1 = line.find("virtio_mmio.device=4K@0xd0001000:6").unwrap();
+        let c = VmConfig {
+            rng: true,
+            vsock: Some("/tmp/v.sock".into()),
+            ..config()
+        };
+        assert_eq!(c.virtio_device_count(), 2);
+        assert!(c
+            .full_cmdline()
+            .contains("virtio_mmio.device=4K@0xd0001000:6"));
         let user = line.find("-- init-arg").unwrap();
         assert!(root < dev0 && dev0 < dev1 && dev1 < user, "{line}");
     }
