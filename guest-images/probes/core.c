@@ -486,6 +486,19 @@ static void __attribute__((noreturn)) action_print_lots(const char *arg)
 	exit_vm(0);
 }
 
+/* herd built with its test-only `seccomp-test-trigger` feature makes a
+ * system call its vCPU filter forbids when this port is written; a herd
+ * with filters on must die of it. */
+#define PORT_SECCOMP_TRIGGER 0x502
+
+static void __attribute__((noreturn)) action_seccomp_trigger(void)
+{
+	puts("probe: triggering a forbidden system call in herd\n");
+	outb(PORT_SECCOMP_TRIGGER, 1);
+	puts("probe: herd survived the forbidden system call\n");
+	exit_vm(1);
+}
+
 static void __attribute__((noreturn)) run_action(void)
 {
 	const char *a = cmdline_get("probe.action");
@@ -509,6 +522,8 @@ static void __attribute__((noreturn)) run_action(void)
 		triple_fault();
 	if (word_is(a, "mmio"))
 		action_mmio();
+	if (word_is(a, "seccomp-trigger"))
+		action_seccomp_trigger();
 	if (word_is(a, "print-lots") && a[10] == ':')
 		action_print_lots(a + 11);
 	virtio_action(a);  /* returns only if `a` is none of its actions */

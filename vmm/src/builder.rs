@@ -17,6 +17,7 @@ use crate::config::{ConfigError, ConsoleConfig, VmConfig};
 use crate::device_manager::virtio_devices::{self, VirtioDeviceError};
 use crate::device_manager::{self, DeviceError, MmioDeviceManager};
 use crate::runtime::Vmm;
+use crate::seccomp::{self, SeccompError, SeccompFilters};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{self, VmError};
@@ -48,6 +49,8 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     VirtioDevices(#[from] VirtioDeviceError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl BuildError {
@@ -168,10 +171,11 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     );
 
     let context = VcpuContext {
-        pio_bus: Arc::new(legacy.pio_bus),
+        pio_bus: Arc::new(seccomp::add_test_trigger(legacy.pio_bus)),
         mmio_bus: Arc::new(mmio.bus),
         stop: stop.clone(),
         first_entry: Arc::new(OnceLock::new()),
+        seccomp: Some(Arc::new(SeccompFilters::compile()?)),
     };
     Ok(Vmm {
         _vm: vm_fd,

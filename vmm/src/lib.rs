@@ -11,6 +11,7 @@ pub mod host_net;
 pub mod kvm_check;
 mod panic_watch;
 pub mod runtime;
+pub mod seccomp;
 pub mod signals;
 pub mod vstate;
 

@@ -14,6 +14,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::boot_report::{BootReport, BootTimeline};
 use crate::device_manager::{SerialInput, StopListener};
+use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 
@@ -30,6 +31,8 @@ pub enum RunError {
     Signals(vmm_sys_util::errno::Error),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// How a run ended.
@@ -63,6 +66,11 @@ pub struct Vmm {
 }
 
 impl Vmm {
+    /// Runs every thread unconfined (`--no-seccomp`, for debugging).
+    pub fn disable_seccomp(&mut self) {
+        self.context.seccomp = None;
+    }
+
     /// Runs the guest until it stops, then stops every vCPU.
     pub fn run(mut self) -> Result<RunOutcome, RunError> {
         let stop = self.context.stop.clone();
@@ -92,6 +100,18 @@ impl Vmm {
             }
         }
 
+        // After the vCPU threads started (they install their own filter),
+        // before the loop handles anything the guest did.
+        if let Some(Err(e)) = self
+            .context
+            .seccomp
+            .as_ref()
+            .map(|f| f.install(ThreadKind::Vmm))
+        {
+            stop.request(StopReason::KvmFailure(e.to_string()));
+            stop_vcpus(threads);
+            return Err(e.into());
+        }
         while !stop.is_requested() {
             if let Err(e) = events.run() {
                 log::error!("event loop failed: {e:?}");

@@ -12,6 +12,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, msr};
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -74,6 +75,9 @@ pub struct VcpuContext {
     pub stop: VmStop,
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
+    /// Installed by each vCPU thread before its first KVM_RUN; None with
+    /// --no-seccomp.
+    pub seccomp: Option<Arc<SeccompFilters>>,
 }
 
 impl Vcpu {
@@ -163,6 +167,11 @@ impl Vcpu {
     }
 
     fn run(mut self, ctx: &VcpuContext) {
+        if let Some(Err(e)) = ctx.seccomp.as_ref().map(|f| f.install(ThreadKind::Vcpu)) {
+            ctx.stop
+                .request(StopReason::KvmFailure(format!("vCPU {}: {e}", self.id)));
+            return;
+        }
         if self.id == 0 {
             ctx.first_entry.get_or_init(Instant::now);
         }
