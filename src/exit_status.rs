@@ -10,7 +10,6 @@ pub const EXIT_HOST_FAILURE: u8 = 3;
 pub const EXIT_GUEST_CRASH: u8 = 4;
 /// A herd thread made a system call its seccomp filter forbids (128 + SIGSYS);
 /// the SIGSYS handler in vmm::seccomp exits with it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub const EXIT_BAD_SYSCALL: u8 = vmm::seccomp::EXIT_BAD_SYSCALL;
 
 pub const EXIT_STATUS_HELP: &str = "\
@@ -20,6 +19,8 @@ Exit status:
   2    bad input: command line, kernel, initrd, memory or CPU count
   3    host failure: KVM unavailable or failing
   4    guest crash: triple fault, KVM internal error, kernel panic
+  137  the kernel killed the jailed appliance: out of its cgroup's memory
+       (128 + N: another signal N killed it)
   159  seccomp: a herd thread made a system call its filter forbids; stderr
        names the call and the thread (--no-seccomp turns the filters off)
 Guests that report through the exit device should avoid 2-4 if callers must

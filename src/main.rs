@@ -3,9 +3,11 @@
 mod disk;
 mod emulated_host;
 mod exit_status;
+mod jail;
 mod net_setup;
 mod terminal;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -134,6 +136,8 @@ struct RunArgs {
     /// with status 159); herd says loudly that it is unconfined.
     #[arg(long)]
     no_seccomp: bool,
+    #[command(flatten)]
+    jail: jail::JailArgs,
 }
 
 fn main() -> ExitCode {
@@ -218,7 +222,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         Ok(nets) => nets,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
-    let config = VmConfig {
+    let mut config = VmConfig {
         name: args.name,
         root: args.root,
         disks,
@@ -230,6 +234,32 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         cpus: args.cpus,
         console,
         boot_report: args.boot_report,
+    };
+    // Opened before the jail and the filters, which hide and forbid it.
+    let boot_report = match config
+        .boot_report
+        .as_deref()
+        .map(std::fs::File::create)
+        .transpose()
+    {
+        Ok(file) => file,
+        Err(e) => {
+            return fail(
+                EXIT_BAD_INPUT,
+                format!("cannot create the boot report: {e}"),
+            )
+        }
+    };
+    // The same errors with and without the jail, before anything starts.
+    if let Err(e) = config.validate() {
+        return fail(EXIT_BAD_INPUT, e);
+    }
+    let keep_fds: Vec<_> = boot_report.iter().map(AsRawFd::as_raw_fd).collect();
+    let jailed = match jail::enter(&args.jail, &mut config, &keep_fds) {
+        Ok(jail::Entered::Supervisor(supervisor)) => return jail::supervise(supervisor),
+        Ok(jail::Entered::Jailed(jailed)) => Some(jailed),
+        Ok(jail::Entered::Unjailed) => None,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
     let mut vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,
@@ -246,21 +276,10 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         log::warn!("--no-seccomp: every system call is allowed; a guest that escapes into herd is unconfined");
         vmm.disable_seccomp();
     }
-    // Opened before the filters go on: they forbid opening files.
-    let boot_report = match config
-        .boot_report
-        .as_deref()
-        .map(std::fs::File::create)
-        .transpose()
-    {
-        Ok(file) => file,
-        Err(e) => {
-            return fail(
-                EXIT_BAD_INPUT,
-                format!("cannot create the boot report: {e}"),
-            )
-        }
-    };
+    // The VM's files and devices are open: nothing below needs root.
+    if let Some(Err(e)) = jailed.map(jailer::Jailed::drop_privileges) {
+        return fail(EXIT_HOST_FAILURE, e);
+    }
     let raw_terminal = (config.console == ConsoleConfig::Stdio)
         .then(terminal::RawTerminal::enable)
         .flatten();

@@ -2,17 +2,22 @@
 //! guests: every herd thread runs under its seccomp filter by default, a
 //! forbidden system call ends herd with status 159 naming the call and the
 //! thread (through the test-only trigger port that only test builds have),
-//! and `--no-seccomp` turns the filters off loudly.
+//! and `--no-seccomp` turns the filters off loudly. As root (as these tests
+//! run in CI) herd is jailed by default: its VM process sees only the jail,
+//! runs as the unprivileged `herd` user with no capabilities, holds no host
+//! file but the VM's, and bad jail inputs are clear errors.
 
 mod support;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use support::herd_run::{self, drain, watch_lines};
 use support::probes::{herd_bin, probe_path};
+use support::staging::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const PROBE: &str = "probe-linux64.elf";
@@ -65,10 +70,17 @@ impl Spinning {
         self.child.0.id()
     }
 
-    /// Kills herd and returns what it printed.
+    /// Stops herd (SIGTERM, as a service manager would; SIGKILL if that
+    /// fails) and returns what it printed.
     fn finish(&mut self) -> String {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let stopped = herd_run::wait_until(&mut self.child.0, std::time::Instant::now() + TIMEOUT);
+        if stopped.is_none() {
+            let _ = self.child.0.kill();
+            let _ = self.child.0.wait();
+        }
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             self.stdout
@@ -187,7 +199,7 @@ fn trigger_is_harmless_without_filters() {
     // Proves the trigger really makes the call: without filters herd lives
     // on and the probe reports that (exit 1).
     let run = herd_run::run_with_timeout(
-        herd_cmd("seccomp-trigger", &["--no-seccomp"]),
+        herd_cmd("seccomp-trigger", &["--no-seccomp", "--no-jail"]),
         TIMEOUT,
         "herd with the seccomp trigger, unfiltered",
     );
@@ -198,4 +210,263 @@ fn trigger_is_harmless_without_filters() {
         "{}",
         run.dump()
     );
+}
+
+// ---------------------------------------------------------------- jail --
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no failure modes.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The jail tests need root (herd jails only then) and the jail's user.
+fn jail_testable() -> bool {
+    if !kvm_present() {
+        return false;
+    }
+    if !is_root() {
+        herd_run::skip_notice("not root", "jail tests in confinement");
+        return false;
+    }
+    let out = Command::new("id").arg("herd").output().expect("run id");
+    assert!(
+        out.status.success(),
+        "the jail's user is missing: useradd --system --no-create-home --shell \
+         /usr/sbin/nologin herd (.ci/run does this)"
+    );
+    true
+}
+
+fn scratch(name: &str) -> TempDir {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("confinement-{}-{name}", std::process::id()));
+    fs::create_dir_all(&dir).expect("scratch dir");
+    TempDir(dir)
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn herd_ids() -> (String, String) {
+    let id = |flag| {
+        let out = Command::new("id").args([flag, "herd"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Every entry under `dir`, as paths relative to it (not following
+/// links or crossing into bound directories' contents).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .flatten()
+        {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn jailed_vm_sees_only_its_files_as_the_herd_user() {
+    if !jail_testable() {
+        return;
+    }
+    let dir = scratch("jail");
+    let (ro, rw) = (dir.0.join("base.img"), dir.0.join("data.img"));
+    fs::write(&ro, vec![0u8; 1 << 20]).unwrap();
+    fs::write(&rw, vec![0u8; 1 << 20]).unwrap();
+    let jail_dir = dir.0.join("jails");
+    let mut herd = Spinning::start(&[
+        "--name",
+        "jailtest",
+        "--jail-dir",
+        jail_dir.to_str().unwrap(),
+        "--disk",
+        &format!("{}:ro", ro.display()),
+        "--disk",
+        rw.to_str().unwrap(),
+    ]);
+    let (herd_pid, vm) = (herd.pid(), vm_process(herd.pid()));
+    let result = std::panic::catch_unwind(|| {
+        assert_ne!(vm, herd_pid, "a jailed VM runs in a child of herd");
+        // New PID namespace: the VM process is its pid 1.
+        assert!(
+            status_field(vm, "NSpid").ends_with("\t1"),
+            "{}",
+            status_field(vm, "NSpid")
+        );
+        let (uid, gid) = herd_ids();
+        assert_eq!(status_field(vm, "Uid"), [uid.as_str(); 4].join("\t"));
+        assert_eq!(status_field(vm, "Gid"), [gid.as_str(); 4].join("\t"));
+        assert_eq!(status_field(vm, "Groups"), "");
+        assert_eq!(status_field(vm, "CapEff"), "0000000000000000");
+        assert_eq!(status_field(vm, "CapPrm"), "0000000000000000");
+        assert_eq!(status_field(vm, "NoNewPrivs"), "1");
+
+        // Its root holds the VM's files and devices and nothing else.
+        let root = PathBuf::from(format!("/proc/{vm}/root"));
+        let kernel = probe_path(PROBE).canonicalize().unwrap();
+        let mut want: Vec<String> = ["dev", "dev/kvm"].map(String::from).to_vec();
+        for file in [
+            &kernel,
+            &ro.canonicalize().unwrap(),
+            &rw.canonicalize().unwrap(),
+        ] {
+            let mut p = file.strip_prefix("/").unwrap().to_path_buf();
+            loop {
+                want.push(p.display().to_string());
+                if !p.pop() || p.as_os_str().is_empty() {
+                    break;
+                }
+            }
+        }
+        want.sort();
+        want.dedup();
+        assert_eq!(tree(&root), want);
+        assert!(!root.join("etc/passwd").exists());
+
+        // Read-only where the VM only reads.
+        let mounts = fs::read_to_string(format!("/proc/{vm}/mountinfo")).unwrap();
+        let opts = |path: &Path| {
+            let path = path.canonicalize().unwrap();
+            mounts
+                .lines()
+                .find(|l| l.split_whitespace().nth(4) == path.to_str())
+                .map(|l| l.split_whitespace().nth(5).unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{} not mounted in the jail:\n{mounts}", path.display()))
+        };
+        assert!(opts(&ro).starts_with("ro,"), "{}", opts(&ro));
+        assert!(opts(&kernel).starts_with("ro,"), "{}", opts(&kernel));
+        assert!(opts(&rw).starts_with("rw,"), "{}", opts(&rw));
+
+        // No host file open but the VM's own.
+        let allowed = [ro.canonicalize().unwrap(), rw.canonicalize().unwrap()];
+        for fd in fs::read_dir(format!("/proc/{vm}/fd")).unwrap().flatten() {
+            let target = fs::read_link(fd.path()).unwrap();
+            let t = target.display().to_string();
+            let ok = t.starts_with("pipe:")
+                || t.starts_with("anon_inode:")
+                || t.starts_with("socket:")
+                || t == "/dev/null"
+                || t == "/dev/kvm"
+                || allowed.contains(&target);
+            assert!(ok, "fd {:?} -> {t}", fd.file_name());
+        }
+    });
+    let out = herd.finish();
+    if let Err(panic) = result {
+        eprintln!("{out}");
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        !jail_dir.join("jailtest").exists(),
+        "jail directory left behind\n{out}"
+    );
+}
+
+fn herd_fails(extra: &[&str]) -> support::herd_run::Run {
+    herd_run::run_with_timeout(
+        herd_cmd("exit:0", extra),
+        TIMEOUT,
+        "herd with bad jail input",
+    )
+}
+
+fn assert_bad_input(run: &support::herd_run::Run, want: &str) {
+    assert_eq!(run.code(), Some(2), "{}", run.dump());
+    assert!(run.stderr.contains(want), "want {want:?}\n{}", run.dump());
+    assert!(
+        !run.stdout.contains("probe:"),
+        "the VM started\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn unknown_jail_user_is_a_clear_error() {
+    if !jail_testable() {
+        return;
+    }
+    let run = herd_fails(&["--jail-user", "no-such-herd-user"]);
+    assert_bad_input(&run, "user \"no-such-herd-user\" does not exist: create");
+}
+
+#[test]
+fn cgroup_parent_that_is_not_a_cgroup_is_a_clear_error() {
+    if !jail_testable() {
+        return;
+    }
+    let dir = scratch("cgroup");
+    let run = herd_fails(&["--cgroup-parent", dir.0.join("herd").to_str().unwrap()]);
+    assert_bad_input(&run, "not a cgroup v2 directory");
+    // A cgroup v2 directory without the controllers (a hybrid host's
+    // unified hierarchy, as on our CI machine) is refused the same way.
+    let hybrid = Path::new("/sys/fs/cgroup/unified");
+    if hybrid.join("cgroup.controllers").exists()
+        && !fs::read_to_string(hybrid.join("cgroup.controllers"))
+            .unwrap()
+            .contains("memory")
+    {
+        let run = herd_fails(&["--cgroup-parent", "/sys/fs/cgroup/unified/herd"]);
+        assert_bad_input(&run, "does not offer the memory, cpu, pids controller(s)");
+    }
+}
+
+#[test]
+fn live_jail_directory_is_refused() {
+    if !jail_testable() {
+        return;
+    }
+    let dir = scratch("live");
+    let jails = dir.0.join("jails");
+    let jails = jails.to_str().unwrap();
+    let mut first = Spinning::start(&["--name", "twin", "--jail-dir", jails]);
+    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
+    let out = first.finish();
+    assert_bad_input(&run, "belongs to a running appliance named \"twin\"");
+    // Once the first is gone the name is free again.
+    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
+    assert_eq!(run.code(), Some(0), "{}\n{out}", run.dump());
+}
+
+#[test]
+fn kernel_that_cannot_be_bound_is_a_clear_error() {
+    if !jail_testable() {
+        return;
+    }
+    // A kernel inside the jail's own mount point is hidden by the jail's
+    // tmpfs, so it cannot be bound into it.
+    let dir = scratch("unbindable");
+    let root = dir.0.join("jails/hidden/root");
+    fs::create_dir_all(&root).unwrap();
+    let kernel = root.join("kernel.elf");
+    fs::copy(probe_path(PROBE), &kernel).unwrap();
+    let mut cmd = Command::new(herd_bin());
+    cmd.args(["run", "--name", "hidden", "--jail-dir"])
+        .arg(dir.0.join("jails"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = herd_run::run_with_timeout(cmd, TIMEOUT, "herd with an unbindable kernel");
+    assert_bad_input(&run, &format!("cannot bind {}", kernel.display()));
 }
