@@ -470,3 +470,39 @@ fn kernel_that_cannot_be_bound_is_a_clear_error() {
     let run = herd_run::run_with_timeout(cmd, TIMEOUT, "herd with an unbindable kernel");
     assert_bad_input(&run, &format!("cannot bind {}", kernel.display()));
 }
+
+#[test]
+fn unprivileged_herd_says_once_that_the_jail_needs_root() {
+    if !jail_testable() {
+        return;
+    }
+    // As the herd user (no root, no capabilities). /dev/kvm may well be
+    // root-only here, so the VM itself may not start; the line must come
+    // first either way.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=herd", "--regid=herd", "--clear-groups", "--"])
+        .arg(herd_bin())
+        .args(["run", "--kernel"])
+        .arg(probe_path(PROBE))
+        .args(["--cmdline", "probe.action=exit:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = herd_run::run_with_timeout(cmd, TIMEOUT, "herd as the herd user");
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("jail")).collect();
+    assert_eq!(
+        lines,
+        [
+            "herd: jail off: namespaces, a cgroup and a uid drop need root; running with \
+          seccomp only (--no-jail silences this)"
+        ],
+        "{}",
+        run.dump()
+    );
+    let kvm_usable = run.code() == Some(0);
+    assert!(
+        kvm_usable || run.stderr.contains("cannot open /dev/kvm"),
+        "{}",
+        run.dump()
+    );
+}

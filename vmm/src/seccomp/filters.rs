@@ -131,8 +131,17 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
     let no_exec = u64::try_from(libc::PROT_EXEC).unwrap_or(u64::MAX);
     rules.insert(libc::SYS_mmap, vec![arg_lacks(2, no_exec)?]);
     rules.insert(libc::SYS_mprotect, vec![arg_lacks(2, no_exec)?]);
-    // std checks an fd is open (F_GETFD) when it takes ownership of it.
-    rules.insert(libc::SYS_fcntl, vec![arg_is(1, libc::F_GETFD as u64)?]);
+    // std checks an fd is open (F_GETFD) when it takes ownership of it;
+    // the API server makes accepted connections non-blocking.
+    let mut fcntl = vec![libc::F_GETFD];
+    if kind == ThreadKind::Api {
+        fcntl.extend([libc::F_GETFL, libc::F_SETFL]);
+    }
+    let fcntl = fcntl
+        .into_iter()
+        .map(|cmd| arg_is(1, u64::try_from(cmd).unwrap_or(u64::MAX)))
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_fcntl, fcntl);
     let requests = ioctls(kind);
     if !requests.is_empty() {
         let by_request = requests
