@@ -27,7 +27,9 @@ pub(super) fn rows(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
         let mut first = Row::new(format!("{mode}: spawn -> first serial byte"), "ms");
         let mut exit = Row::new(format!("{mode}: spawn -> exit"), "ms");
         let mut private = Row::new(
-            format!("{mode}: private dirty memory, VM process + supervisor (not guest RAM)"),
+            // PSS: after fork the two processes share copy-on-write pages,
+            // which private-dirty counts for neither.
+            format!("{mode}: PSS of VM process + supervisor, minus guest RAM"),
             "KiB",
         );
         for _ in 0..runs() {
@@ -42,12 +44,9 @@ pub(super) fn rows(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
             let herd = child.id();
             let measured = match child_of(herd) {
                 Some(vm) => smaps::read(vm, &super::guest_sizes_kib()).and_then(|vm| {
-                    smaps::read(herd, &[])
-                        .map(|sup| vm.vmm_private_dirty_kib + sup.vmm_private_dirty_kib)
+                    smaps::read(herd, &[]).map(|sup| vm.vmm_pss_kib + sup.vmm_pss_kib)
                 }),
-                None => {
-                    smaps::read(herd, &super::guest_sizes_kib()).map(|m| m.vmm_private_dirty_kib)
-                }
+                None => smaps::read(herd, &super::guest_sizes_kib()).map(|m| m.vmm_pss_kib),
             };
             // SIGTERM, so a jailed herd removes its jail directory.
             if let Ok(pid) = libc::pid_t::try_from(herd) {
