@@ -66,6 +66,12 @@ pub struct Vmm {
 }
 
 impl Vmm {
+    /// The filters a control API thread installs first thing with
+    /// `install(ThreadKind::Api)`; None with `--no-seccomp`.
+    pub fn seccomp_filters(&self) -> Option<Arc<crate::seccomp::SeccompFilters>> {
+        self.context.seccomp.clone()
+    }
+
     /// Runs every thread unconfined (`--no-seccomp`, for debugging).
     pub fn disable_seccomp(&mut self) {
         self.context.seccomp = None;
