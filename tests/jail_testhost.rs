@@ -33,11 +33,8 @@ herd net create appnet --subnet 10.20.0.1/24
 say "net create status=$?"
 CPU=0 bg_guest web /tmp/web herd run --name web --root base.erofs --disk web.img --kernel vmlinux --net tap=web,bridge=appnet 0<>/tmp/web.in &
 wait_for /tmp/web "herd-init: ready" 180 || say "web never got ready"
-# The supervisor and the VM process share a command line (fork, no exec);
-# the VM is pid 1 of its own PID namespace.
-for p in $(herd_pids "--name web"); do
-	if grep -qE '^NSpid:.*[[:space:]]1$' /proc/$p/status; then vm=$p; else sup=$p; fi
-done
+sup=$(herd_pids "--name web")
+vm=$(herd_vm "$sup")
 say "supervisor=$sup vm=$vm"
 say "vm Uid: $(awk '/^Uid:/ { print $2, $3, $4, $5 }' /proc/$vm/status)"
 say "vm cgroup: $(cat /proc/$vm/cgroup)"
