@@ -54,6 +54,11 @@ pub struct JailArgs {
     /// [default: 100 per vCPU].
     #[arg(long, value_name = "PERCENT")]
     pub cpu_quota: Option<u64>,
+    /// Largest file offset the appliance may write, in MiB (RLIMIT_FSIZE):
+    /// caps the console log; must exceed the largest writable disk
+    /// [default: unlimited].
+    #[arg(long, value_name = "MIB")]
+    pub file_size_limit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +124,10 @@ pub fn enter(
         binds,
         devices,
         netns: args.netns.clone(),
-        rlimits: Rlimits::default(),
+        rlimits: Rlimits {
+            file_size: args.file_size_limit.map(|mib| mib.saturating_mul(1 << 20)),
+            ..Rlimits::default()
+        },
         keep_fds: keep_fds.to_vec(),
     };
     Ok(match jailer::enter(&jail)? {

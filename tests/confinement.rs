@@ -299,6 +299,8 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
         "jailtest",
         "--jail-dir",
         jail_dir.to_str().unwrap(),
+        "--file-size-limit",
+        "64",
         "--disk",
         &format!("{}:ro", ro.display()),
         "--disk",
@@ -320,6 +322,30 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
         assert_eq!(status_field(vm, "CapEff"), "0000000000000000");
         assert_eq!(status_field(vm, "CapPrm"), "0000000000000000");
         assert_eq!(status_field(vm, "NoNewPrivs"), "1");
+        // rlimits: open files, file size (--file-size-limit), no core dumps.
+        let limits = fs::read_to_string(format!("/proc/{vm}/limits")).unwrap();
+        let limit = |name: &str| {
+            let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(limit("Max open files"), "2048", "{limits}");
+        assert_eq!(
+            limit("Max file size"),
+            (64u64 << 20).to_string(),
+            "{limits}"
+        );
+        assert_eq!(limit("Max core file size"), "0", "{limits}");
+        // A cleared environment, down to the strings herd started with.
+        let environ = fs::read(format!("/proc/{vm}/environ")).unwrap();
+        assert!(
+            environ.iter().all(|&b| b == 0),
+            "{}",
+            String::from_utf8_lossy(&environ)
+        );
 
         // Its root holds the VM's files and devices and nothing else.
         let root = PathBuf::from(format!("/proc/{vm}/root"));

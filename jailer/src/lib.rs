@@ -228,9 +228,9 @@ fn confine(
         .map_err(sys("create mount, IPC and UTS namespaces"))?;
     nix::unistd::sethostname(&config.name).map_err(sys("set the hostname"))?;
     privileges::close_inherited_fds(&config.keep_fds)?;
+    privileges::clear_environment()?;
     let root = config.dir().join("root");
     mounts::build_root(&root, &config.binds, &config.devices)?;
     mounts::pivot_into(&root)?;
-    privileges::clear_environment();
     privileges::set_rlimits(&config.rlimits)
 }

@@ -95,10 +95,35 @@ pub(crate) fn close_inherited_fds(keep: &[RawFd]) -> Result<(), JailError> {
     Ok(())
 }
 
-pub(crate) fn clear_environment() {
+/// Unsets every variable, then zeroes the strings the process was started
+/// with: they stay in its initial stack (what /proc/PID/environ shows),
+/// where code that escaped into herd could read them. Needs /proc.
+pub(crate) fn clear_environment() -> Result<(), JailError> {
+    let block = initial_environment_block()?;
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);
     }
+    if let Some((start, end)) = block.filter(|(start, end)| start < end) {
+        // SAFETY: [start, end) is this process's initial environment block
+        // (env_start/env_end from /proc/self/stat), writable stack memory;
+        // every variable was just unset, so nothing points into it any
+        // more, and the process is single-threaded.
+        unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+    }
+    Ok(())
+}
+
+/// env_start and env_end (fields 50 and 51) of /proc/self/stat.
+fn initial_environment_block() -> Result<Option<(usize, usize)>, JailError> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|source| JailError::Io {
+        what: "read /proc/self/stat".into(),
+        source,
+    })?;
+    // Fields after the command name (which may hold spaces) start at 3.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    Ok(field(50).zip(field(51)))
 }
 
 pub(crate) fn drop_to(user: &JailUser) -> Result<(), JailError> {
