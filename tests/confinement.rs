@@ -532,3 +532,55 @@ fn unprivileged_herd_says_once_that_the_jail_needs_root() {
         run.dump()
     );
 }
+
+/// A network namespace made for one test, removed on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> TestNetns {
+        let name = format!("herd-cf-{tag}-{}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "ip netns add {name}");
+        TestNetns(name)
+    }
+
+    fn has_link(&self, link: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0, "ip", "link", "show", link])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn jail_joins_the_given_network_namespace() {
+    if !jail_testable() {
+        return;
+    }
+    let ns = TestNetns::new("ns");
+    let tap = format!("cf{}", std::process::id() % 100_000);
+    let mut herd = Spinning::start(&[
+        "--netns",
+        &format!("/run/netns/{}", ns.0),
+        "--net",
+        &format!("tap={tap}"),
+    ]);
+    // herd made the TAP inside the namespace it joined, not on the host.
+    let (in_ns, on_host) = (
+        ns.has_link(&tap),
+        Path::new("/sys/class/net").join(&tap).exists(),
+    );
+    let out = herd.finish();
+    assert!(
+        in_ns && !on_host,
+        "TAP {tap}: in netns {in_ns}, on host {on_host}\n{out}"
+    );
+}
