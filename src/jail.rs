@@ -29,7 +29,8 @@ pub struct JailArgs {
     /// The unprivileged user the jailed appliance runs as: a name or UID:GID.
     #[arg(long, value_name = "USER", default_value = "herd")]
     pub jail_user: String,
-    /// Where per-appliance jail directories live.
+    /// Where per-appliance jail directories live
+    /// [default: ${HERD_RUNTIME:-/run/herd}/jail].
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
     /// Join this network namespace (e.g. /run/netns/NAME) before the VM's

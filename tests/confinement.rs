@@ -584,3 +584,30 @@ fn jail_joins_the_given_network_namespace() {
         "TAP {tap}: in netns {in_ns}, on host {on_host}\n{out}"
     );
 }
+
+#[test]
+fn sigterm_right_after_start_stops_a_jailed_herd() {
+    if !jail_testable() {
+        return;
+    }
+    // The jailed VM process is pid 1 of its namespace, which drops signals
+    // it has no handler for yet: an early SIGTERM must still stop it.
+    for delay_ms in [1, 3, 10, 30] {
+        let mut child = herd_cmd("spin", &[]).spawn().expect("spawn herd");
+        let out = drain(child.stdout.take().expect("stdout"));
+        let err = drain(child.stderr.take().expect("stderr"));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = herd_run::wait_until(
+            &mut child,
+            std::time::Instant::now() + Duration::from_secs(5),
+        );
+        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        assert!(
+            status.is_some(),
+            "SIGTERM {delay_ms} ms after start was lost\n{out}\n{err}"
+        );
+    }
+}

@@ -212,6 +212,13 @@ fn confine(
     cgroup: Option<&cgroup::Cgroup>,
     netns: Option<RawFd>,
 ) -> Result<(), JailError> {
+    // As pid 1 of its PID namespace the child would drop termination
+    // signals until herd installs its handlers; blocked, they wait for them.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGTERM);
+    stop.add(nix::sys::signal::Signal::SIGINT);
+    nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&stop), None)
+        .map_err(sys("block termination signals"))?;
     // Die with the supervisor rather than run on unsupervised.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(sys("set the parent-death signal"))?;
