@@ -36,6 +36,8 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_futex,
+    // std seeds each thread's HashMap keys from getrandom.
+    libc::SYS_getrandom,
     libc::SYS_getpid,
     libc::SYS_gettid,
     libc::SYS_madvise,
@@ -51,6 +53,12 @@ const COMMON: &[libc::c_long] = &[
 ];
 
 const VMM: &[libc::c_long] = &[
+    // Unix-socket device backends (vsock): accept and connect; socket(2)
+    // itself is limited to AF_UNIX below.
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
@@ -71,6 +79,12 @@ const VCPU: &[libc::c_long] = &[libc::SYS_read];
 
 const API: &[libc::c_long] = &[
     libc::SYS_accept4,
+    // A thread per connection.
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_getsockopt,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
@@ -87,10 +101,11 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     match kind {
         // Restoring the terminal after a stdio console; TAP offloads are
         // reset when a device is reset from the event loop.
-        ThreadKind::Vmm => vec![libc::TCSETS, libc::TCGETS, TUNSETOFFLOAD()],
+        // FIONBIO: std's set_nonblocking on accepted sockets.
+        ThreadKind::Vmm => vec![libc::TCSETS, libc::TCGETS, TUNSETOFFLOAD(), libc::FIONBIO],
         // KVM_GET_REGS describes an internal error; activation sets offloads.
         ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), TUNSETOFFLOAD()],
-        ThreadKind::Api => Vec::new(),
+        ThreadKind::Api => vec![libc::FIONBIO],
     }
 }
 
@@ -142,6 +157,18 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
         .map(|cmd| arg_is(1, u64::try_from(cmd).unwrap_or(u64::MAX)))
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_fcntl, fcntl);
+    match kind {
+        ThreadKind::Vmm => {
+            let unix = u64::try_from(libc::AF_UNIX).unwrap_or(u64::MAX);
+            rules.insert(libc::SYS_socket, vec![arg_is(0, unix)?]);
+        }
+        ThreadKind::Api => {
+            // Naming the connection threads.
+            let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or(u64::MAX);
+            rules.insert(libc::SYS_prctl, vec![arg_is(0, set_name)?]);
+        }
+        ThreadKind::Vcpu => {}
+    }
     let requests = ioctls(kind);
     if !requests.is_empty() {
         let by_request = requests
@@ -191,7 +218,7 @@ mod tests {
             );
         }
         assert!(vcpu.contains_key(&libc::SYS_ioctl));
-        assert!(!rules(ThreadKind::Api)
+        assert!(rules(ThreadKind::Api)
             .unwrap()
             .contains_key(&libc::SYS_ioctl));
     }
