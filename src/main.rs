@@ -313,6 +313,14 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             ),
         );
     }
+    if args.jail.jail && (args.name.is_some() || args.detach) {
+        return fail(
+            EXIT_BAD_INPUT,
+            "--jail cannot be combined with --name yet: a named appliance's runtime \
+             directory (control API, console socket) is not bound into the jail; drop \
+             --jail or --name",
+        );
+    }
     if args.detach {
         let name = args.name.as_deref().unwrap_or_default();
         if let Err(e) = appliance::runtime_dir::validate_name(name) {

@@ -309,8 +309,6 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
     fs::write(&rw, vec![0u8; 1 << 20]).unwrap();
     let jail_dir = dir.0.join("jails");
     let mut herd = Spinning::start(&[
-        "--name",
-        "jailtest",
         "--jail-dir",
         jail_dir.to_str().unwrap(),
         "--file-size-limit",
@@ -416,9 +414,12 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
         eprintln!("{out}");
         std::panic::resume_unwind(panic);
     }
+    let left: Vec<_> = fs::read_dir(&jail_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(
-        !jail_dir.join("jailtest").exists(),
-        "jail directory left behind\n{out}"
+        left.is_empty(),
+        "jail directory left behind: {left:?}\n{out}"
     );
 }
 
@@ -471,6 +472,16 @@ fn cgroup_parent_that_is_not_a_cgroup_is_a_clear_error() {
 }
 
 #[test]
+fn jail_with_a_name_is_refused_for_now() {
+    if !jail_testable() {
+        return;
+    }
+    let run = herd_fails(&["--name", "twin"]);
+    assert_bad_input(&run, "--jail cannot be combined with --name yet");
+}
+
+#[test]
+#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn live_jail_directory_is_refused() {
     if !jail_testable() {
         return;
@@ -488,6 +499,7 @@ fn live_jail_directory_is_refused() {
 }
 
 #[test]
+#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn kernel_that_cannot_be_bound_is_a_clear_error() {
     if !jail_testable() {
         return;
