@@ -11,6 +11,7 @@ mod images;
 mod testhost;
 
 mod api;
+mod confinement;
 mod floor;
 #[path = "../results.rs"]
 mod results;
@@ -61,9 +62,21 @@ impl Row {
     }
 }
 
+/// `herd run` on the probe, unjailed (seccomp on) so these rows stay
+/// comparable across commits; the jail's cost is measured in confinement.rs.
 fn herd_command(kernel: &Path, action: &str, report: Option<&Path>) -> Command {
+    herd_command_with(kernel, action, report, &["--no-jail"])
+}
+
+fn herd_command_with(
+    kernel: &Path,
+    action: &str,
+    report: Option<&Path>,
+    confinement: &[&str],
+) -> Command {
     let mut cmd = Command::new(probes::herd_bin());
     cmd.args(["run", "--console", "stdio", "--log-level", "error"])
+        .args(confinement)
         .arg("--kernel")
         .arg(kernel)
         .args(["--mem", &MEM_MIB.to_string()])
@@ -397,8 +410,9 @@ fn main() {
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
     type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
-    let steps: [(&str, Step); 7] = [
+    let steps: [(&str, Step); 8] = [
         ("boot path", &|r| boot_path(&kernel, r)),
+        ("confinement", &|r| confinement::rows(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
         ("control API", &|r| api::control_api(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),

@@ -561,6 +561,19 @@ static void __attribute__((noreturn)) action_kbd(int ignore)
 	}
 }
 
+/* herd built with its test-only `seccomp-test-trigger` feature makes a
+ * system call its vCPU filter forbids when this port is written; a herd
+ * with filters on must die of it. */
+#define PORT_SECCOMP_TRIGGER 0x502
+
+static void __attribute__((noreturn)) action_seccomp_trigger(void)
+{
+	puts("probe: triggering a forbidden system call in herd\n");
+	outb(PORT_SECCOMP_TRIGGER, 1);
+	puts("probe: herd survived the forbidden system call\n");
+	exit_vm(1);
+}
+
 static void __attribute__((noreturn)) run_action(void)
 {
 	if (parse_num(cmdline_get("probe.ready")) == 1)
@@ -586,6 +599,8 @@ static void __attribute__((noreturn)) run_action(void)
 		triple_fault();
 	if (word_is(a, "mmio"))
 		action_mmio();
+	if (word_is(a, "seccomp-trigger"))
+		action_seccomp_trigger();
 	if (word_is(a, "print-lots") && a[10] == ':')
 		action_print_lots(a + 11);
 	if (word_is(a, "tick"))

@@ -52,12 +52,20 @@ wait_for() {
 		sleep 0.5
 	done
 }
-# herd_pids TEXT: PIDs of running `herd run` processes whose command line has TEXT
+# herd_pids TEXT: PIDs of running `herd run` processes whose command line has
+# TEXT, one per appliance: a jailed appliance's VM process (forked by herd, so
+# with the same command line; pid 1 of its own PID namespace) is left out
 herd_pids() {
 	for _p in /proc/[0-9]*; do
 		_c=$({ tr '\0' ' ' <"$_p/cmdline"; } 2>/dev/null)
-		case "$_c" in "herd run "*"$1"*) echo "${_p#/proc/}" ;; esac
+		case "$_c" in "herd run "*"$1"*)
+			grep -qE '^NSpid:.*[[:space:]]1$' "$_p/status" 2>/dev/null || echo "${_p#/proc/}" ;;
+		esac
 	done
+}
+# herd_vm PID: the jailed VM process that herd PID supervises
+herd_vm() {
+	grep -lE "^PPid:[[:space:]]+$1\$" /proc/[0-9]*/status 2>/dev/null | head -n 1 | cut -d/ -f3
 }
 bg_guest() {
 	_name=$1 _out=$2

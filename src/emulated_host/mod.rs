@@ -210,6 +210,9 @@ fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
         arg("--boot-report", INNER_REPORT.into());
     }
     arg("--log-level", args.log_level.to_string().to_lowercase());
+    if args.seccomp {
+        inner.push("--seccomp".into());
+    }
 
     let stdout = match &console {
         ConsoleConfig::File(path) => Output::File(

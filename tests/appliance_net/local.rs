@@ -333,8 +333,10 @@ fn without_mrg_rxbuf_a_full_frame_fits_one_buffer() {
         &ns,
         "probe.action=net probe.net_mrg=0",
         &[
+            // Not web1: names are unique per host (jail directory) and
+            // the other test may be running.
             "--name",
-            "web1",
+            "web2",
             "--net",
             &format!("tap={TAP},mac=02:aa:bb:cc:dd:ee"),
         ],

@@ -92,8 +92,15 @@ impl BootReport {
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        self.write_to(std::fs::File::create(path)?)
+    }
+
+    /// Writes to a file opened earlier (before the seccomp filters forbade
+    /// opening files).
+    pub fn write_to(&self, mut file: std::fs::File) -> std::io::Result<()> {
+        use std::io::Write;
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, json + "\n")
+        file.write_all((json + "\n").as_bytes())
     }
 }
 

@@ -21,6 +21,7 @@ use crate::device_manager::virtio_devices::{self, VirtioDeviceError, VirtioDevic
 use crate::device_manager::{self, DeviceError, MmioDeviceManager};
 use crate::metrics::MetricsSources;
 use crate::runtime::Vmm;
+use crate::seccomp::{self, SeccompError, SeccompFilters};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{self, VmError};
@@ -54,6 +55,8 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     VirtioDevices(#[from] VirtioDeviceError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl BuildError {
@@ -208,11 +211,12 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         },
     ));
     let context = VcpuContext {
-        pio_bus: Arc::new(legacy.pio_bus),
+        pio_bus: Arc::new(seccomp::add_test_trigger(legacy.pio_bus)),
         mmio_bus: Arc::new(mmio.bus),
         stop: stop.clone(),
         pause: control.pause.clone(),
         first_entry,
+        seccomp: Some(Arc::new(SeccompFilters::compile()?)),
     };
     Ok(Vmm {
         _vm: vm_fd,

@@ -14,6 +14,7 @@ pub mod kvm_check;
 pub mod metrics;
 mod panic_watch;
 pub mod runtime;
+pub mod seccomp;
 pub mod signals;
 pub mod vstate;
 

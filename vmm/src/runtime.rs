@@ -19,6 +19,7 @@ use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
 use crate::device_manager::{SerialInput, StopListener};
 use crate::metrics::MetricsSources;
+use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 
@@ -35,6 +36,8 @@ pub enum RunError {
     Signals(vmm_sys_util::errno::Error),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// How a run ended.
@@ -113,6 +116,17 @@ impl Vmm {
         self.power_button.clone()
     }
 
+    /// The filters a control API thread installs first thing with
+    /// `install(ThreadKind::Api)`; None without `--seccomp`.
+    pub fn seccomp_filters(&self) -> Option<Arc<crate::seccomp::SeccompFilters>> {
+        self.context.seccomp.clone()
+    }
+
+    /// Runs every thread unconfined (the default; `--seccomp` keeps the filters).
+    pub fn disable_seccomp(&mut self) {
+        self.context.seccomp = None;
+    }
+
     /// Runs the guest until it stops, then stops every vCPU.
     pub fn run(self) -> Result<RunOutcome, RunError> {
         self.run_with(|| {})
@@ -159,6 +173,18 @@ impl Vmm {
             .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
         started();
 
+        // After the vCPU threads started (they install their own filter),
+        // before the loop handles anything the guest did.
+        if let Some(Err(e)) = self
+            .context
+            .seccomp
+            .as_ref()
+            .map(|f| f.install(ThreadKind::Vmm))
+        {
+            stop.request(StopReason::KvmFailure(e.to_string()));
+            stop_vcpus(threads);
+            return Err(e.into());
+        }
         while !stop.is_requested() {
             if let Err(e) = events.run() {
                 log::error!("event loop failed: {e:?}");

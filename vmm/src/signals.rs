@@ -45,7 +45,24 @@ pub fn install(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
     TERMINATE_FD.store(terminate.as_raw_fd(), Ordering::SeqCst);
     register_signal_handler(libc::SIGTERM, on_terminate)?;
     register_signal_handler(libc::SIGINT, on_terminate)?;
-    register_signal_handler(vcpu_kick_signal(), on_kick)
+    register_signal_handler(vcpu_kick_signal(), on_kick)?;
+    // A jailed herd (pid 1 of its PID namespace, which drops signals it has
+    // no handler for) blocks these until now; one that came early is
+    // delivered here.
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the local set before sigaddset and
+    // pthread_sigmask read it; the mask change affects only this thread
+    // (and the threads it starts later).
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        errno => Err(vmm_sys_util::errno::Error::new(errno)),
+    }
 }
 
 /// The last termination signal received and how many arrived so far.

@@ -14,6 +14,7 @@ use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, msr};
 use crate::control::PauseGate;
 use crate::metrics::VcpuExitCounters;
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -78,6 +79,9 @@ pub struct VcpuContext {
     pub pause: Arc<PauseGate>,
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
+    /// Installed by each vCPU thread before its first KVM_RUN; None
+    /// without --seccomp.
+    pub seccomp: Option<Arc<SeccompFilters>>,
 }
 
 impl Vcpu {
@@ -176,6 +180,11 @@ impl Vcpu {
     }
 
     fn run(mut self, ctx: &VcpuContext) {
+        if let Some(Err(e)) = ctx.seccomp.as_ref().map(|f| f.install(ThreadKind::Vcpu)) {
+            ctx.stop
+                .request(StopReason::KvmFailure(format!("vCPU {}: {e}", self.id)));
+            return;
+        }
         if self.id == 0 {
             ctx.first_entry.get_or_init(Instant::now);
         }

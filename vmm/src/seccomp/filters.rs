@@ -1,0 +1,225 @@
+//! The allow-lists, one per thread kind, as Rust data: checked by the
+//! compiler (syscall numbers from libc, ioctl numbers computed the way the
+//! kernel does) and compiled to BPF by seccompiler in microseconds at VM
+//! build time. Everything not listed raises SIGSYS.
+//!
+//! What runs where: the vmm thread runs the event loop (virtio queues,
+//! disk and TAP I/O, console output, signals, vCPU kicks, teardown); vCPU
+//! threads run KVM_RUN and the exits dispatched onto the buses, which
+//! includes virtio-mmio register writes (device activation, which sets TAP
+//! offloads) and writes to irqfds; the api thread serves the control
+//! socket.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::kvm_regs;
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use super::{SeccompError, ThreadKind};
+
+const KVMIO: u32 = 0xAE;
+const TUNTAP: u32 = b'T' as u32;
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
+
+/// What every thread needs: memory management (never executable), locks,
+/// signals, time, logging to stderr, leaving.
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_futex,
+    // std seeds each thread's HashMap keys from getrandom.
+    libc::SYS_getrandom,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_munmap,
+    libc::SYS_nanosleep,
+    libc::SYS_restart_syscall,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sched_yield,
+    libc::SYS_sigaltstack,
+    libc::SYS_write,
+];
+
+const VMM: &[libc::c_long] = &[
+    // Unix-socket device backends (vsock): accept and connect; socket(2)
+    // itself is limited to AF_UNIX below.
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_wait,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_tgkill,
+    libc::SYS_writev,
+];
+
+const VCPU: &[libc::c_long] = &[libc::SYS_read];
+
+const API: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    // A thread per connection.
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_getsockopt,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_wait,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+];
+
+/// The ioctl requests each kind may make, on any fd.
+fn ioctls(kind: ThreadKind) -> Vec<u64> {
+    match kind {
+        // Restoring the terminal after a stdio console; TAP offloads are
+        // reset when a device is reset from the event loop.
+        // FIONBIO: std's set_nonblocking on accepted sockets.
+        ThreadKind::Vmm => vec![libc::TCSETS, libc::TCGETS, TUNSETOFFLOAD(), libc::FIONBIO],
+        // KVM_GET_REGS describes an internal error; activation sets offloads.
+        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), TUNSETOFFLOAD()],
+        ThreadKind::Api => vec![libc::FIONBIO],
+    }
+}
+
+fn plain(kind: ThreadKind) -> &'static [libc::c_long] {
+    match kind {
+        ThreadKind::Vmm => VMM,
+        ThreadKind::Vcpu => VCPU,
+        ThreadKind::Api => API,
+    }
+}
+
+fn arg_is(index: u8, value: u64) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// A rule matching calls whose argument `index` has none of `bits` set.
+fn arg_lacks(index: u8, bits: u64) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(bits),
+        0,
+    )?])
+}
+
+fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
+        .iter()
+        .chain(plain(kind))
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    // Memory may be mapped and protected but never made executable.
+    let no_exec = u64::try_from(libc::PROT_EXEC).unwrap_or(u64::MAX);
+    rules.insert(libc::SYS_mmap, vec![arg_lacks(2, no_exec)?]);
+    rules.insert(libc::SYS_mprotect, vec![arg_lacks(2, no_exec)?]);
+    // std checks an fd is open (F_GETFD) when it takes ownership of it;
+    // the API server makes accepted connections non-blocking.
+    let mut fcntl = vec![libc::F_GETFD];
+    if kind == ThreadKind::Api {
+        fcntl.extend([libc::F_GETFL, libc::F_SETFL]);
+    }
+    let fcntl = fcntl
+        .into_iter()
+        .map(|cmd| arg_is(1, u64::try_from(cmd).unwrap_or(u64::MAX)))
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_fcntl, fcntl);
+    match kind {
+        ThreadKind::Vmm => {
+            let unix = u64::try_from(libc::AF_UNIX).unwrap_or(u64::MAX);
+            rules.insert(libc::SYS_socket, vec![arg_is(0, unix)?]);
+        }
+        ThreadKind::Api => {
+            // Naming the connection threads.
+            let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or(u64::MAX);
+            rules.insert(libc::SYS_prctl, vec![arg_is(0, set_name)?]);
+        }
+        ThreadKind::Vcpu => {}
+    }
+    let requests = ioctls(kind);
+    if !requests.is_empty() {
+        let by_request = requests
+            .into_iter()
+            .map(|request| arg_is(1, request))
+            .collect::<Result<_, _>>()?;
+        rules.insert(libc::SYS_ioctl, by_request);
+    }
+    Ok(rules)
+}
+
+pub(super) fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let filter = rules(kind)
+        .and_then(|rules| {
+            SeccompFilter::new(
+                rules,
+                SeccompAction::Trap,
+                SeccompAction::Allow,
+                TargetArch::x86_64,
+            )
+        })
+        .map_err(|source| SeccompError::Build { kind, source })?;
+    filter
+        .try_into()
+        .map_err(|source| SeccompError::Compile { kind, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel() {
+        assert_eq!(KVM_RUN(), 0xae80);
+        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(TUNSETOFFLOAD(), 0x4004_54d0);
+    }
+
+    #[test]
+    fn vcpu_may_not_open_files_or_sockets() {
+        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        for nr in [libc::SYS_openat, libc::SYS_socket, libc::SYS_execve] {
+            assert!(
+                !vcpu.contains_key(&nr),
+                "{}",
+                super::super::syscall_name(nr)
+            );
+        }
+        assert!(vcpu.contains_key(&libc::SYS_ioctl));
+        assert!(rules(ThreadKind::Api)
+            .unwrap()
+            .contains_key(&libc::SYS_ioctl));
+    }
+}
