@@ -15,8 +15,9 @@ impl RawTerminal {
             return None;
         }
         let mut saved = MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr fills the termios it is given; we only read it
+        // tcgetattr fills the termios it is given; we only read it
         // after checking that the call succeeded.
+        // SAFETY: sound for the reasons just given.
         if unsafe { libc::tcgetattr(libc::STDIN_FILENO, saved.as_mut_ptr()) } != 0 {
             return None;
         }

@@ -31,8 +31,9 @@ pub fn run(mem_mib: u64) -> Result<(), String> {
         return Err("mmap failed".into());
     }
     let code_at = usize::try_from(CODE_ADDR).map_err(|e| e.to_string())?;
-    // SAFETY: the mapping is `size` bytes (at least 16 MiB), CODE fits at
+    // the mapping is `size` bytes (at least 16 MiB), CODE fits at
     // offset 0x1000, and nothing else references the mapping yet.
+    // SAFETY: sound for the reasons just given.
     unsafe {
         std::ptr::copy_nonoverlapping(CODE.as_ptr(), host.cast::<u8>().add(code_at), CODE.len());
     }

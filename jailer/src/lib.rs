@@ -171,8 +171,9 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
     };
     // Children (only the one forked below) start in a new PID namespace.
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("create a PID namespace"))?;
-    // SAFETY: herd is single-threaded here (the caller's contract), so the
+    // herd is single-threaded here (the caller's contract), so the
     // child may run arbitrary code after fork.
+    // SAFETY: sound for the reasons just given.
     match unsafe { fork() }.map_err(sys("fork the jailed process"))? {
         ForkResult::Parent { child } => Ok(Side::Supervisor(Supervisor::new(
             child,

@@ -83,8 +83,9 @@ pub(crate) fn close_inherited_fds(keep: &[RawFd]) -> Result<(), JailError> {
     let mut first = 3u32;
     for fd in keep.into_iter().chain([u32::MAX]) {
         if fd > first {
-            // SAFETY: close_range only closes descriptors; nothing in this
+            // close_range only closes descriptors; nothing in this
             // (single-threaded, just forked) process uses the closed ones.
+            // SAFETY: sound for the reasons just given.
             let rc = unsafe { libc::close_range(first, fd - 1, 0) };
             if rc != 0 {
                 return Err(sys("close inherited descriptors")(nix::Error::last()));
@@ -104,10 +105,11 @@ pub(crate) fn clear_environment() -> Result<(), JailError> {
         std::env::remove_var(key);
     }
     if let Some((start, end)) = block.filter(|(start, end)| start < end) {
-        // SAFETY: [start, end) is this process's initial environment block
+        // [start, end) is this process's initial environment block
         // (env_start/env_end from /proc/self/stat), writable stack memory;
         // every variable was just unset, so nothing points into it any
         // more, and the process is single-threaded.
+        // SAFETY: sound for the reasons just given.
         unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
     }
     Ok(())

@@ -258,8 +258,9 @@ pub fn kill(name: &str) -> Result<String, ControlError> {
     if asked.is_err() || wait_exit(name, pid, STOP_GRACE).is_err() {
         if let Ok(pid) = libc::pid_t::try_from(pid) {
             log::warn!("herd (pid {pid}) does not answer; sending SIGKILL");
-            // SAFETY: kill(2) with a pid read from the runtime directory
+            // kill(2) with a pid read from the runtime directory
             // whose lock shows that process still runs.
+            // SAFETY: sound for the reasons just given.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         wait_exit(name, pid, STOP_GRACE)?;

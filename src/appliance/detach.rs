@@ -97,8 +97,9 @@ pub fn launch(name: &str) -> u8 {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the child between fork and exec and only
+    // the closure runs in the child between fork and exec and only
     // makes async-signal-safe calls (setsid, fcntl).
+    // SAFETY: sound for the reasons just given.
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -162,8 +163,9 @@ impl ReadyPipe {
         {
             Ok(file) => {
                 for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-                    // SAFETY: dup2 onto the standard descriptors, from a
+                    // dup2 onto the standard descriptors, from a
                     // file that stays open for the call.
+                    // SAFETY: sound for the reasons just given.
                     unsafe { libc::dup2(file.as_raw_fd(), target) };
                 }
             }

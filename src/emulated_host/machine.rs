@@ -142,10 +142,11 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
     log::debug!("qemu-system-x86_64 {args:?}");
     signals::install();
     let mut qemu = qemu_command();
-    // SAFETY: prctl(PR_SET_PDEATHSIG) and setpgid are async-signal-safe and
+    // prctl(PR_SET_PDEATHSIG) and setpgid are async-signal-safe and
     // touch no memory of the parent. If herd dies (even by SIGKILL) the
     // emulated host goes with it; in a process group of its own, a Ctrl-C at
     // the terminal reaches herd only, which then stops the command cleanly.
+    // SAFETY: sound for the reasons just given.
     unsafe {
         qemu.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -448,8 +449,9 @@ pub fn lock_disk(path: &Path, read_only: bool) -> Result<File, EmulatedHostError
     } else {
         libc::LOCK_EX
     };
-    // SAFETY: flock takes a descriptor `file` keeps open for the whole call
+    // flock takes a descriptor `file` keeps open for the whole call
     // and an integer; it touches no memory of ours.
+    // SAFETY: sound for the reasons just given.
     if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
         return Err(EmulatedHostError::BadInput(format!(
             "disk {} is in use by another VM (locked)",
@@ -474,8 +476,9 @@ mod signals {
     pub fn install() {
         let handler = on_signal as extern "C" fn(libc::c_int);
         for sig in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: the handler only touches atomics, which is
+            // the handler only touches atomics, which is
             // async-signal-safe.
+            // SAFETY: sound for the reasons just given.
             unsafe { libc::signal(sig, handler as libc::sighandler_t) };
         }
     }

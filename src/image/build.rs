@@ -104,8 +104,9 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// always cleaned up.
 fn catch_interrupts() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: on_signal only stores to an atomic, which is
+        // on_signal only stores to an atomic, which is
         // async-signal-safe; the handler stays valid for the process's life.
+        // SAFETY: sound for the reasons just given.
         unsafe {
             libc::signal(sig, on_signal as *const () as libc::sighandler_t);
         }

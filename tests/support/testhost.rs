@@ -194,9 +194,10 @@ impl Scenario {
 
     fn boot(&self, mut cmd: Command) -> ScenarioResult {
         let start = Instant::now();
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+        // prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
         // memory of the parent; a test process that dies (killed, timed out)
         // then takes herd, and herd its emulated host, with it.
+        // SAFETY: sound for the reasons just given.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -64,8 +64,9 @@ fn control_socket() -> Result<OwnedFd, HostNetError> {
 }
 
 fn ioctl(sock: &OwnedFd, request: libc::c_ulong, req: &mut IfReq) -> std::io::Result<()> {
-    // SAFETY: `req` is a live, initialised `struct ifreq` the kernel reads
+    // `req` is a live, initialised `struct ifreq` the kernel reads
     // and writes within its size; the result is checked.
+    // SAFETY: sound for the reasons just given.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request, std::ptr::from_mut(req)) };
     if ret < 0 {
         Err(std::io::Error::last_os_error())

@@ -26,9 +26,10 @@ extern "C" fn on_terminate(signum: libc::c_int, _: *mut libc::siginfo_t, _: *mut
     let fd = TERMINATE_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; `one` lives for the call
+        // write(2) is async-signal-safe; `one` lives for the call
         // and is 8 bytes as an eventfd requires. A failed write only means
         // the counter is already non-zero, which wakes the loop anyway.
+        // SAFETY: sound for the reasons just given.
         unsafe {
             libc::write(fd, std::ptr::from_ref(&one).cast(), 8);
         }
@@ -50,9 +51,10 @@ pub fn install(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
     // no handler for) blocks these until now; one that came early is
     // delivered here.
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the local set before sigaddset and
+    // sigemptyset initialises the local set before sigaddset and
     // pthread_sigmask read it; the mask change affects only this thread
     // (and the threads it starts later).
+    // SAFETY: sound for the reasons just given.
     let rc = unsafe {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);

@@ -196,8 +196,9 @@ impl MutEventSubscriber for SerialInput {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut buf = [0u8; 64];
-        // SAFETY: `buf` is valid for writes of its full length and
+        // `buf` is valid for writes of its full length and
         // `self.input` is a file descriptor this process owns (stdin).
+        // SAFETY: sound for the reasons just given.
         let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), buf.len()) };
         let n = match usize::try_from(n) {
             Ok(0) => {

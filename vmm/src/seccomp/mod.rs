@@ -127,8 +127,9 @@ thread_local! {
 
 fn remember_thread(kind: ThreadKind) {
     let mut name = [0u8; THREAD_NAME_LEN];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the
+    // PR_GET_NAME writes at most 16 bytes (NUL included) into the
     // buffer, which is 16 bytes long.
+    // SAFETY: sound for the reasons just given.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
     THREAD.with(|t| t.set((kind, name)));
 }
@@ -177,8 +178,9 @@ fn violation_line(line: &mut StackLine, nr: i64, kind: ThreadKind, thread: &[u8]
 }
 
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS raised by
+    // the kernel passes a valid siginfo_t for SIGSYS raised by
     // seccomp (SA_SIGINFO), whose `si_syscall` lies at this offset.
+    // SAFETY: sound for the reasons just given.
     let nr = unsafe { *info.cast::<i32>().add(SI_OFF_SYSCALL) };
     let (kind, name) = THREAD.with(Cell::get);
     let mut line = StackLine {
@@ -186,8 +188,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         len: 0,
     };
     violation_line(&mut line, i64::from(nr), kind, &name);
-    // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by
+    // write(2) and _exit(2) are async-signal-safe and allowed by
     // every filter; the buffer outlives the call.
+    // SAFETY: sound for the reasons just given.
     unsafe {
         libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
         libc::_exit(i32::from(EXIT_BAD_SYSCALL));

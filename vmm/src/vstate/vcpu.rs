@@ -223,8 +223,9 @@ impl Vcpu {
     /// extra data (for emulation failures: instruction bytes) and the RIP.
     fn internal_error(&mut self) -> String {
         let run = self.fd.get_kvm_run();
-        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
+        // after KVM_EXIT_INTERNAL_ERROR the kernel filled the
         // `internal` member of the kvm_run union; it is plain integers.
+        // SAFETY: sound for the reasons just given.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let count = usize::try_from(internal.ndata)
             .unwrap_or(0)

@@ -50,9 +50,10 @@ pub fn register_memory(kvm: &Kvm, vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
         };
-        // SAFETY: the region's host mapping stays alive for as long as the
+        // the region's host mapping stays alive for as long as the
         // VM: both are owned by `Vmm`, which drops the VM file descriptor
         // (and with it every slot) before guest memory.
+        // SAFETY: sound for the reasons just given.
         unsafe { vm.set_user_memory_region(memory_region) }.map_err(|source| {
             VmError::MemorySlot {
                 slot,

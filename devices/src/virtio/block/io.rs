@@ -285,8 +285,9 @@ fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), DiskError> {
     } else {
         libc::LOCK_EX
     };
-    // SAFETY: flock takes a file descriptor that `file` keeps open for the
+    // flock takes a file descriptor that `file` keeps open for the
     // whole call and an integer; it touches no memory of ours.
+    // SAFETY: sound for the reasons just given.
     let ret = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
     if ret == 0 {
         return Ok(());

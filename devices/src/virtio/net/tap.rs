@@ -127,9 +127,10 @@ impl Tap {
         };
         // `valid_name` keeps the name below IFNAMSIZ, leaving the final NUL.
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a
+        // `file` is an open /dev/net/tun descriptor and `req` is a
         // live, fully initialised 40-byte `struct ifreq` that the kernel
         // reads and writes back within its size. The result is checked.
+        // SAFETY: sound for the reasons just given.
         let ret = unsafe { ioctl_with_mut_ref(&file, ioctls::TUNSETIFF(), &mut req) };
         if ret < 0 {
             let source = io::Error::last_os_error();
@@ -145,8 +146,9 @@ impl Tap {
             name: name.to_string(),
         };
         let size = c_int::try_from(VNET_HDR_LEN).unwrap_or(c_int::MAX);
-        // SAFETY: the descriptor is a TAP queue and `size` is a live c_int
+        // the descriptor is a TAP queue and `size` is a live c_int
         // the kernel only reads. The result is checked.
+        // SAFETY: sound for the reasons just given.
         let ret = unsafe { ioctl_with_ref(&tap.file, ioctls::TUNSETVNETHDRSZ(), &size) };
         if ret < 0 {
             return Err(TapError::VnetHdrSize {
