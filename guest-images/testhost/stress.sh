@@ -13,7 +13,8 @@
 # (see src/emulated_host/), STRESS_PIN (spread: guest i on test-host CPU
 # i mod cpus, the default; all: every guest on every CPU), STRESS_MEM
 # (test-host MiB, default 4096), STRESS_CPUS (test-host vCPUs, default 2), STRESS_LOG (keep each try's
-# console there). Run it under the shared lock: flock /tmp/herd-testhost.lock …
+# console there), STRESS_ARGS (more `herd run` flags, e.g. --no-rng),
+# STRESS_CMDLINE (more guest kernel arguments, e.g. acpi=off). Run it under the shared lock: flock /tmp/herd-testhost.lock …
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +34,7 @@ herd=$work/herd
 cp "${HERD_BIN:-$repo/target/debug/herd}" "$herd"
 
 cat >"$work/scenario.sh" <<'EOF'
-n=$1 wait_s=$2 pin=$3 cpus=$(nproc)
+n=$1 wait_s=$2 pin=$3 cpus=$(nproc) args=$4 cmdline=$5
 # Measuring the capacity: past herd's cap on purpose.
 export HERD_MAX_VMS=1000
 i=1
@@ -41,8 +42,8 @@ while [ $i -le $n ]; do
 	# spread: guest i on test-host CPU i mod cpus; else on every CPU.
 	mask=$(printf %x $(((1 << cpus) - 1)))
 	[ "$pin" = spread ] && mask=$(printf %x $((1 << (i % cpus))))
-	taskset $mask herd run --kernel /emu/vmlinux --root /emu/base.erofs --mem 128 \
-		--name g$i --cmdline 'quiet herd.run="sleep 3600"' </dev/null >/tmp/g$i.out 2>&1 &
+	taskset $mask herd run --kernel /emu/vmlinux --root /emu/base.erofs --mem 128 $args \
+		--name g$i --cmdline "quiet herd.run=\"sleep 3600\" $cmdline" </dev/null >/tmp/g$i.out 2>&1 &
 	i=$((i + 1))
 done
 t0=$(date +%s)
@@ -69,7 +70,8 @@ for t in $(seq 1 "$tries"); do
 	timeout -s INT $((wait_s + 240)) "$herd" emulated-host --log-level debug \
 		--mem "${STRESS_MEM:-4096}" --cpus "${STRESS_CPUS:-2}" \
 		--file "$kernel:vmlinux" --file "$base:base.erofs" \
-		-- "$work/scenario.sh" "$n" "$wait_s" "${STRESS_PIN:-spread}" >"$log" 2>&1
+		-- "$work/scenario.sh" "$n" "$wait_s" "${STRESS_PIN:-spread}" \
+		"${STRESS_ARGS:-}" "${STRESS_CMDLINE:-}" >"$log" 2>&1
 	status=$?
 	set -e
 	wall=$(($(date +%s) - t0))
@@ -82,4 +84,4 @@ for t in $(seq 1 "$tries"); do
 		mkdir -p "$STRESS_LOG" && cp "$log" "$STRESS_LOG/console.$n.$t.$(date +%s)"
 	fi
 done
-echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(${HERD_QEMU:-qemu-system-x86_64} --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} pin=${STRESS_PIN:-spread} mem=${STRESS_MEM:-4096} cpus=${STRESS_CPUS:-2} host=$(cat "$HERD_TESTHOST_DIR/versions" | head -n 1)"
+echo "stress: summary n=$n tries=$tries all-ready=$ok qemu=$(${HERD_QEMU:-qemu-system-x86_64} --version | head -n 1 | awk '{print $4}') cpu=${HERD_TESTHOST_CPU:-default} pin=${STRESS_PIN:-spread} mem=${STRESS_MEM:-4096} cpus=${STRESS_CPUS:-2} args='${STRESS_ARGS:-}' cmdline='${STRESS_CMDLINE:-}' host=$(cat "$HERD_TESTHOST_DIR/versions" | head -n 1)"
