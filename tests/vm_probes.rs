@@ -236,6 +236,12 @@ fn triple_fault_is_reported() {
         "no 'triple fault' on stderr\n{}",
         run.dump()
     );
+    // The state it died in: the empty IDT the probe loaded is the cause.
+    assert!(
+        run.stderr.contains("IDT base 0x0 limit 0x0") && run.stderr.contains(" at RIP 0x"),
+        "the triple fault report lacks the guest's registers\n{}",
+        run.dump()
+    );
 }
 
 #[test]

@@ -197,6 +197,10 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => {
                     VcpuAction::Stop(StopReason::GuestCrash(self.internal_error()))
                 }
+                Ok(VcpuExit::Shutdown) => {
+                    self.exits.count(&VcpuExit::Shutdown);
+                    VcpuAction::Stop(StopReason::GuestCrash(self.triple_fault()))
+                }
                 Ok(exit) => {
                     self.exits.count(&exit);
                     handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus)
@@ -219,6 +223,31 @@ impl Vcpu {
 }
 
 impl Vcpu {
+    /// Describes a triple fault with the state the guest died in: where it
+    /// was and which paging/mode it was in tells an early-boot fault (no
+    /// IDT yet) from a kernel that got far and then broke.
+    fn triple_fault(&mut self) -> String {
+        let state = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                " at RIP {:#x} RSP {:#x} RFLAGS {:#x}, CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} \
+                 EFER {:#x}, CS {:#x} IDT base {:#x} limit {:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.idt.base,
+                s.idt.limit
+            ),
+            (Err(e), _) | (_, Err(e)) => format!(" (registers unreadable: {e})"),
+        };
+        format!("vCPU {}: triple fault (KVM_EXIT_SHUTDOWN){state}", self.id)
+    }
+
     /// Describes a KVM_EXIT_INTERNAL_ERROR with KVM's sub-error code, its
     /// extra data (for emulation failures: instruction bytes) and the RIP.
     fn internal_error(&mut self) -> String {
