@@ -1,0 +1,133 @@
+/*
+ * Hostile and misbehaving guests (issue 15): things a guest may do that
+ * must neither crash, hang nor flood herd.  See README.md, "hostile
+ * actions", for the lines printed.
+ */
+#include "virtio.h"
+
+#define COM1          0x3f8
+#define PORT_BOOTTIME 0x440
+#define PORT_EXIT     0x501
+#define VIRTIO_ID_RNG 4
+
+#define MMIO_QUEUE_SEL   0x30
+#define MMIO_QUEUE_NUM   0x38
+#define MMIO_QUEUE_READY 0x44
+#define MMIO_QUEUE_DESC  0x80
+#define MMIO_QUEUE_AVAIL 0x90
+#define MMIO_QUEUE_USED  0xa0
+
+static void rep_outsb(u16 port, const void *p, unsigned long n)
+{
+	__asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"(port) : "memory");
+}
+
+/* String port I/O: the whole line in one `rep outsb`, then an exit code
+ * the same way (three bytes: the first one written must win). */
+static void __attribute__((noreturn)) action_outsb(void)
+{
+	static const char line[] = "probe: outsb hello from rep outsb\r\n";
+	static const u8 codes[] = { 42, 43, 44 };
+	rep_outsb(COM1, line, sizeof(line) - 1);
+	rep_outsb(PORT_EXIT, codes, sizeof(codes));
+	puts("probe: FAIL rep outsb to the exit device did not stop the VM\n");
+	exit_vm(1);
+}
+
+/* String input: eight reads of the line status register in one `rep
+ * insb` (KVM hands those to herd as one exit of eight bytes). */
+static void __attribute__((noreturn)) action_insb(void)
+{
+	u8 lsr[8] = { 0 };
+	void *p = lsr;
+	unsigned long n = sizeof(lsr);
+	__asm__ volatile("rep insb" : "+D"(p), "+c"(n) : "d"((u16)(COM1 + 5)) : "memory");
+	puts("probe: insb lsr=");
+	put_hex_bytes(lsr, sizeof(lsr));
+	puts("\n");
+	exit_vm(0);
+}
+
+/* Writes the boot-timer magic N times; herd must log it once. */
+static void __attribute__((noreturn)) action_boot_timer_flood(const char *arg)
+{
+	long long n = parse_num(arg);
+	for (long long i = 0; i < n; i++)
+		outb(PORT_BOOTTIME, 123);
+	puts("probe: boot-timer-flood done\n");
+	exit_vm(0);
+}
+
+/* N rounds of: bring the virtio-rng device up with a misaligned
+ * descriptor table, so that every DRIVER_OK fails activation. */
+static void __attribute__((noreturn)) action_bad_queue(const char *arg)
+{
+	long long n = parse_num(arg);
+	struct vdev *d;
+	vtag = "bad-queue";
+	if (probe_map_mmio() || virtio_find(VIRTIO_ID_RNG, &d, 1) == 0) {
+		vfail_nonum("no virtio-rng device");
+		exit_vm(1);
+	}
+	u32 refused = 0;
+	for (long long i = 0; i < n; i++) {
+		if (virtio_init(d, 0))
+			exit_vm(1);
+		vwrite(d, MMIO_QUEUE_SEL, 0);
+		vwrite(d, MMIO_QUEUE_NUM, 16);
+		vwrite(d, MMIO_QUEUE_DESC, 0x100001);  /* misaligned */
+		vwrite(d, MMIO_QUEUE_DESC + 4, 0);
+		vwrite(d, MMIO_QUEUE_AVAIL, 0x102000);
+		vwrite(d, MMIO_QUEUE_AVAIL + 4, 0);
+		vwrite(d, MMIO_QUEUE_USED, 0x103000);
+		vwrite(d, MMIO_QUEUE_USED + 4, 0);
+		vwrite(d, MMIO_QUEUE_READY, 1);
+		vwrite(d, MMIO_STATUS, VIRTIO_STATUS_ACK | VIRTIO_STATUS_DRIVER |
+		       VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
+		if (vread(d, MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET)
+			refused++;
+	}
+	virtio_reset(d);
+	puts("probe: bad-queue rounds=");
+	put_u64((u64)n);
+	puts(" refused=");
+	put_u64(refused);
+	puts("\n");
+	exit_vm(0);
+}
+
+/* Interrupts off and a loop without a single VM exit: only a kick from
+ * the host gets this vCPU out of the guest. */
+static void __attribute__((noreturn)) action_spin_cli(void)
+{
+	puts("probe: spinning with interrupts off\n");
+	__asm__ volatile("cli\n1: jmp 1b" ::: "memory");
+	__builtin_unreachable();
+}
+
+/* Writes the serial port as fast as it can, forever, never looking at
+ * the line status register. */
+static void __attribute__((noreturn)) action_serial_flood(void)
+{
+	static const char line[] =
+		"probe: flood the quick brown fox jumps over the lazy dog 0123456789\r\n";
+	puts("probe: flooding\n");
+	for (;;)
+		rep_outsb(COM1, line, sizeof(line) - 1);
+}
+
+void hostile_action(const char *a)
+{
+	if (word_is(a, "outsb"))
+		action_outsb();
+	if (word_is(a, "insb"))
+		action_insb();
+	if (word_is(a, "boot-timer-flood") && a[16] == ':')
+		action_boot_timer_flood(a + 17);
+	if (word_is(a, "bad-queue") && a[9] == ':')
+		action_bad_queue(a + 10);
+	if (word_is(a, "spin-cli"))
+		action_spin_cli();
+	if (word_is(a, "serial-flood"))
+		action_serial_flood();
+}

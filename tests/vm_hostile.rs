@@ -1,0 +1,71 @@
+//! Hostile and misbehaving guests on the local /dev/kvm (issue 15): probe
+//! guests (`guest-images/probes/hostile.c`) that use odd but legal
+//! instructions, flood herd, or never cooperate. herd must do the right
+//! thing, stay bounded in what it logs and keeps, and always stop.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::herd_run::{self, Run};
+use support::probes::{herd_bin, probe_path};
+
+/// A hung VMM must fail its test, not hang the suite.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const LINUX64: &str = "probe-linux64.elf";
+
+/// False (after one loud SKIP line) only when /dev/kvm is absent.
+fn kvm_present() -> bool {
+    herd_run::kvm_present("vm_hostile")
+}
+
+fn herd_cmd(cmdline: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(herd_bin());
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(probe_path(LINUX64))
+        .arg("--cmdline")
+        .arg(cmdline)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(cmdline: &str, extra: &[&str]) -> Run {
+    let what = format!("herd (cmdline {cmdline:?}, {extra:?})");
+    herd_run::run_with_timeout(herd_cmd(cmdline, extra), TIMEOUT, &what)
+}
+
+#[test]
+fn string_port_io_reaches_the_serial_port_and_the_exit_device() {
+    if !kvm_present() {
+        return;
+    }
+    let run = run("probe.quick=1 probe.action=outsb", &[]);
+    assert!(
+        run.has_line("probe: outsb hello from rep outsb"),
+        "the rep outsb line was lost\n{}",
+        run.dump()
+    );
+    // Three bytes in one `rep outsb` to the exit port: the first one stops
+    // the VM, the later ones cannot change its status.
+    assert_eq!(run.code(), Some(42), "{}", run.dump());
+}
+
+#[test]
+fn string_port_input_reads_the_device_once_per_element() {
+    if !kvm_present() {
+        return;
+    }
+    let run = run("probe.quick=1 probe.action=insb", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.dump());
+    // An idle 8250's line status: transmitter empty (0x60), eight times.
+    assert!(
+        run.has_line(&format!("probe: insb lsr={}", "60".repeat(8))),
+        "rep insb from the line status register did not read it 8 times\n{}",
+        run.dump()
+    );
+}
