@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::herd_run::{self, Run};
-use support::probes::{herd_bin, probe_path};
+use support::probes::herd_run_probe;
 
 /// A hung VMM must fail its test, not hang the suite.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,17 +21,7 @@ fn kvm_present() -> bool {
 }
 
 fn herd_cmd(cmdline: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(herd_bin());
-    cmd.arg("run")
-        .arg("--kernel")
-        .arg(probe_path(LINUX64))
-        .arg("--cmdline")
-        .arg(cmdline)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+    herd_run_probe(LINUX64, cmdline, extra)
 }
 
 fn run(cmdline: &str, extra: &[&str]) -> Run {
