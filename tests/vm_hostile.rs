@@ -59,3 +59,43 @@ fn string_port_input_reads_the_device_once_per_element() {
         run.dump()
     );
 }
+
+#[test]
+fn the_boot_timer_is_logged_once_however_often_the_guest_writes_it() {
+    if !kvm_present() {
+        return;
+    }
+    let run = run("probe.quick=1 probe.action=boot-timer-flood:300", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.dump());
+    let logged = run.stderr.matches("guest boot timer").count();
+    assert_eq!(logged, 1, "{}", run.dump());
+}
+
+#[test]
+fn a_guest_failing_device_activation_in_a_loop_cannot_flood_the_log() {
+    if !kvm_present() {
+        return;
+    }
+    let rounds = 300;
+    let run = run(
+        &format!("probe.quick=1 probe.action=bad-queue:{rounds}"),
+        &[],
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.dump());
+    // Every round was refused (the device asks for a reset)...
+    assert!(
+        run.has_line(&format!(
+            "probe: bad-queue rounds={rounds} refused={rounds}"
+        )),
+        "{}",
+        run.dump()
+    );
+    // ...and herd said so a bounded number of times, its own warning and
+    // virtio-queue's error alike.
+    let lines = run.stderr.lines().count();
+    assert!(
+        lines < 60,
+        "{rounds} failed activations logged {lines} lines\n{}",
+        run.dump()
+    );
+}

@@ -58,8 +58,8 @@ static void __attribute__((noreturn)) action_boot_timer_flood(const char *arg)
 	exit_vm(0);
 }
 
-/* N rounds of: bring the virtio-rng device up with a misaligned
- * descriptor table, so that every DRIVER_OK fails activation. */
+/* N rounds of: bring the virtio-rng device up with a misaligned, then
+ * out-of-RAM descriptor table, so that every DRIVER_OK fails activation. */
 static void __attribute__((noreturn)) action_bad_queue(const char *arg)
 {
 	long long n = parse_num(arg);
@@ -75,8 +75,10 @@ static void __attribute__((noreturn)) action_bad_queue(const char *arg)
 			exit_vm(1);
 		vwrite(d, MMIO_QUEUE_SEL, 0);
 		vwrite(d, MMIO_QUEUE_NUM, 16);
-		vwrite(d, MMIO_QUEUE_DESC, 0x100001);  /* misaligned */
+		vwrite(d, MMIO_QUEUE_DESC, 0x100001);  /* misaligned: ignored */
 		vwrite(d, MMIO_QUEUE_DESC + 4, 0);
+		vwrite(d, MMIO_QUEUE_DESC, 0);          /* far outside RAM */
+		vwrite(d, MMIO_QUEUE_DESC + 4, 0xfff0);
 		vwrite(d, MMIO_QUEUE_AVAIL, 0x102000);
 		vwrite(d, MMIO_QUEUE_AVAIL + 4, 0);
 		vwrite(d, MMIO_QUEUE_USED, 0x103000);
