@@ -5,10 +5,11 @@
 
 mod support;
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::herd_run::{self, Run};
+use support::herd_run::{self, drain, watch_lines, ChildGuard, Run};
 use support::probes::herd_run_probe;
 
 /// A hung VMM must fail its test, not hang the suite.
@@ -98,4 +99,43 @@ fn a_guest_failing_device_activation_in_a_loop_cannot_flood_the_log() {
         "{rounds} failed activations logged {lines} lines\n{}",
         run.dump()
     );
+}
+
+/// Console input the guest's 64-byte receive FIFO cannot take yet waits
+/// for the guest to read, instead of being dropped.
+#[test]
+fn console_input_larger_than_the_guest_fifo_arrives_whole() {
+    if !kvm_present() {
+        return;
+    }
+    let mut cmd = herd_cmd("probe.quick=1 probe.action=echo", &[]);
+    cmd.stdin(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn herd"));
+    let err = drain(child.0.stderr.take().expect("stderr"));
+    let (rx, reader) = watch_lines(child.0.stdout.take().expect("stdout"), |l| {
+        l.starts_with("probe: echo ready") || l.starts_with("probe: got line-3")
+    });
+    rx.recv_timeout(TIMEOUT)
+        .expect("the guest never got ready to echo");
+    // Three 60-byte lines in one write: 180 bytes against a 64-byte FIFO.
+    let lines: Vec<String> = (1..=3)
+        .map(|i| format!("line-{i}-{}", "x".repeat(53)))
+        .collect();
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{}\n", lines.join("\n")).as_bytes())
+        .unwrap();
+    let arrived = rx.recv_timeout(TIMEOUT).is_ok();
+    drop(stdin);
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let (out, err) = (reader.join().unwrap(), err.join().unwrap());
+    assert!(arrived, "the last line never came back\n{out}\n{err}");
+    for line in &lines {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_end() == format!("probe: got {line}")),
+            "{line} was not echoed whole\n{out}\n{err}"
+        );
+    }
 }

@@ -148,11 +148,16 @@ impl Vmm {
         if self.console_input {
             // SAFETY: isatty only inspects the descriptor.
             let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-            events.add_subscriber(Arc::new(Mutex::new(SerialInput::new(
+            match SerialInput::new(
                 self.serial.clone(),
                 libc::STDIN_FILENO,
                 terminal.then(|| (self.control.clone(), self.stop_timeout)),
-            ))));
+            ) {
+                Ok(input) => {
+                    events.add_subscriber(Arc::new(Mutex::new(input)));
+                }
+                Err(e) => log::warn!("serial input: {e}; the guest gets no console input"),
+            }
         }
         if let Some(socket) = self.console_socket.take() {
             events.add_subscriber(Arc::new(Mutex::new(socket)));

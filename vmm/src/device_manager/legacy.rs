@@ -1,9 +1,9 @@
 //! Legacy devices on the port-I/O bus, the console backends behind the
-//! serial port, and the event-loop subscriber feeding host input to it.
+//! serial port, and the event-loop subscriber that turns stop requests and
+//! signals into a stop.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,10 +99,9 @@ pub fn create_legacy_devices(
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&irq, COM1_IRQ)
         .map_err(DeviceError::SerialIrq)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger::new(irq),
-        Box::new(out),
-    )));
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(EventFdTrigger::new(irq), Box::new(out)).map_err(DeviceError::EventFd)?,
+    ));
     let boot_timer = Arc::new(Mutex::new(None));
     let guest_ready = Arc::new(GuestReady::default());
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
@@ -158,88 +157,6 @@ fn attach_acpi_devices(
     vm.register_irqfd(&irq, POWER_BUTTON_GSI)
         .map_err(DeviceError::PowerButtonIrq)?;
     Ok(PowerButton::new(irq))
-}
-
-/// The console escape key: Ctrl-] (as telnet and `herd console`).
-pub const ESCAPE_KEY: u8 = 0x1d;
-
-/// Feeds host stdin to the guest's serial port. On a terminal, Ctrl-]
-/// stops the VM instead (gracefully; pressed again, at once).
-pub struct SerialInput {
-    serial: Arc<Mutex<SerialDevice>>,
-    input: RawFd,
-    escape: Option<(Arc<VmControl>, Duration)>,
-}
-
-impl SerialInput {
-    pub fn new(
-        serial: Arc<Mutex<SerialDevice>>,
-        input: RawFd,
-        escape: Option<(Arc<VmControl>, Duration)>,
-    ) -> Self {
-        SerialInput {
-            serial,
-            input,
-            escape,
-        }
-    }
-}
-
-impl MutEventSubscriber for SerialInput {
-    fn init(&mut self, ops: &mut EventOps) {
-        // Regular files and /dev/null cannot be polled; the guest simply
-        // gets no input then.
-        if let Err(e) = ops.add(Events::new_raw(self.input, EventSet::IN)) {
-            log::debug!("serial input: stdin is not pollable ({e:?}); guest gets no input");
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
-        // `buf` is valid for writes of its full length and
-        // `self.input` is a file descriptor this process owns (stdin).
-        // SAFETY: sound for the reasons just given.
-        let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), buf.len()) };
-        let n = match usize::try_from(n) {
-            Ok(0) => {
-                let _ = ops.remove(events);
-                return;
-            }
-            Ok(n) => n,
-            Err(_) => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted
-                    && err.kind() != std::io::ErrorKind::WouldBlock
-                {
-                    log::debug!("serial input: stdin read failed ({err}); stopping input");
-                    let _ = ops.remove(events);
-                }
-                return;
-            }
-        };
-        let mut input = &buf[..n];
-        if let Some((control, timeout)) = &self.escape {
-            if let Some(pos) = input.iter().position(|&b| b == ESCAPE_KEY) {
-                input = &input[..pos];
-                let method = control.power_off(
-                    *timeout,
-                    "Ctrl-] on the console",
-                    StopReason::HostRequest("stopped at once with Ctrl-] on the console".into()),
-                );
-                if method == crate::control::PowerOffMethod::AlreadyStopping {
-                    control.kill("Ctrl-] pressed again on the console");
-                }
-            }
-        }
-        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = serial.enqueue_input(input);
-        if taken < input.len() {
-            log::debug!(
-                "serial input: guest FIFO full, dropped {} bytes",
-                input.len() - taken
-            );
-        }
-    }
 }
 
 /// Wakes the event loop when someone asks the VM to stop, and turns
