@@ -3,11 +3,13 @@
 //! instructions, flood herd, or never cooperate. herd must do the right
 //! thing, stay bounded in what it logs and keeps, and always stop.
 
+#[path = "vm_hostile/frozen_disk.rs"]
+mod frozen_disk;
 mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::herd_run::{self, drain, watch_lines, ChildGuard, Run};
 use support::probes::herd_run_probe;
@@ -138,4 +140,60 @@ fn console_input_larger_than_the_guest_fifo_arrives_whole() {
             "{line} was not echoed whole\n{out}\n{err}"
         );
     }
+}
+
+/// A write the host cannot complete (the image's filesystem is frozen)
+/// must not stop the guest's vCPU, and SIGTERM must still stop the VM
+/// within --stop-timeout plus the vCPU teardown.
+#[test]
+fn a_hung_disk_backend_blocks_neither_the_vcpu_nor_the_stop() {
+    if !kvm_present() {
+        return;
+    }
+    let Some(mut fs) = frozen_disk::FrozenFs::new("hung-disk") else {
+        return;
+    };
+    let disk = fs.disk().display().to_string();
+    let mut cmd = herd_cmd(
+        "probe.quick=1 probe.action=blk-hang",
+        &["--disk", &disk, "--stop-timeout", "1"],
+    );
+    let mut child = ChildGuard(cmd.spawn().expect("spawn herd"));
+    let (stopped, err) = watch_lines(child.0.stderr.take().expect("stderr"), |l| {
+        l.contains("VM stopped")
+    });
+    let (alive, out) = watch_lines(child.0.stdout.take().expect("stdout"), |l| {
+        l.contains("probe: blk-hang alive 5")
+    });
+    let running = alive.recv_timeout(TIMEOUT).is_ok();
+    let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stop_seen = stopped.recv_timeout(Duration::from_secs(10)).is_ok();
+    let took = sent.elapsed();
+    // Only now can the stuck write (and with it the process) finish.
+    fs.thaw();
+    let exited = herd_run::wait_until(&mut child.0, Instant::now() + TIMEOUT).is_some();
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        running,
+        "the vCPU stopped running while the disk write hung\n{out}\n{err}"
+    );
+    assert!(
+        out.contains("probe: blk-hang write submitted"),
+        "{}: {out}\n{err}",
+        fs.path().display()
+    );
+    assert!(
+        stop_seen,
+        "SIGTERM did not stop the VM while its disk hung\n{out}\n{err}"
+    );
+    // A correctness bound (1 s stop timeout, 0.5 s vCPU teardown), not a
+    // performance claim.
+    assert!(
+        took < Duration::from_secs(5),
+        "stopping took {took:?}\n{err}"
+    );
+    assert!(exited, "herd did not exit once the disk thawed\n{err}");
 }

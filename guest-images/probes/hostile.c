@@ -118,6 +118,51 @@ static void __attribute__((noreturn)) action_serial_flood(void)
 		rep_outsb(COM1, line, sizeof(line) - 1);
 }
 
+/* One write request to the first virtio-blk device, never waited for:
+ * the host side may hang on it (tests put the image on a frozen
+ * filesystem); the probe keeps printing, so the host can tell its vCPU
+ * still runs. */
+static struct {
+	u32 type, reserved;
+	u64 sector;
+	u8 data[512];
+	u8 status;
+} hang_req __attribute__((aligned(512)));
+
+static struct vq hang_q;
+
+static void __attribute__((noreturn)) action_blk_hang(void)
+{
+	struct vdev *d;
+	vtag = "blk-hang";
+	if (probe_map_mmio() || virtio_find(VIRTIO_ID_BLOCK, &d, 1) == 0) {
+		vfail_nonum("no virtio-blk device");
+		exit_vm(1);
+	}
+	if (virtio_init(d, 0) || vq_setup(&hang_q, d, 0) || virtio_ready(d))
+		exit_vm(1);
+	hang_req.type = 1;  /* VIRTIO_BLK_T_OUT */
+	hang_req.sector = 1;
+	hang_req.status = 0xff;
+	struct vbuf b[3] = {
+		{ (u64)&hang_req, 16, 0 },
+		{ (u64)hang_req.data, sizeof(hang_req.data), 0 },
+		{ (u64)&hang_req.status, 1, 1 },
+	};
+	if (vq_add(&hang_q, b, 3) < 0)
+		exit_vm(1);
+	vq_kick(&hang_q);
+	puts("probe: blk-hang write submitted\n");
+	for (u64 n = 1;; n++) {
+		u32 len;
+		if (vq_wait(&hang_q, &len, 200) >= 0)
+			puts("probe: blk-hang write answered\n");
+		puts("probe: blk-hang alive ");
+		put_u64(n);
+		puts("\n");
+	}
+}
+
 void hostile_action(const char *a)
 {
 	if (word_is(a, "outsb"))
@@ -130,6 +175,8 @@ void hostile_action(const char *a)
 		action_bad_queue(a + 10);
 	if (word_is(a, "spin-cli"))
 		action_spin_cli();
+	if (word_is(a, "blk-hang"))
+		action_blk_hang();
 	if (word_is(a, "serial-flood"))
 		action_serial_flood();
 }

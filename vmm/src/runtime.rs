@@ -18,6 +18,7 @@ use crate::boot_report::{BootReport, BootTimeline};
 use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
 use crate::device_manager::{SerialInput, StopListener};
+use crate::io_thread;
 use crate::metrics::MetricsSources;
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
@@ -38,6 +39,8 @@ pub enum RunError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error("cannot start a device I/O thread: {0}")]
+    IoThread(std::io::Error),
 }
 
 /// How a run ended.
@@ -67,6 +70,8 @@ pub struct Vmm {
     pub(crate) panic_message: Arc<Mutex<Option<String>>>,
     pub(crate) power_button: devices::acpi::PowerButton,
     pub(crate) device_subscribers: Vec<Subscriber>,
+    /// Served on I/O threads of their own (see `io_thread`).
+    pub(crate) io_subscribers: Vec<Subscriber>,
     pub(crate) console_input: bool,
     pub(crate) timeline: BootTimeline,
     pub(crate) control: Arc<VmControl>,
@@ -145,6 +150,14 @@ impl Vmm {
         for device in self.device_subscribers.drain(..) {
             events.add_subscriber(device);
         }
+        let mut io_threads = Vec::with_capacity(self.io_subscribers.len());
+        for (i, device) in self.io_subscribers.drain(..).enumerate() {
+            let seccomp = self.context.seccomp.clone();
+            match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
+                Ok(thread) => io_threads.push(thread),
+                Err(e) => return Err(RunError::IoThread(e)),
+            }
+        }
         if self.console_input {
             // SAFETY: isatty only inspects the descriptor.
             let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
@@ -199,6 +212,7 @@ impl Vmm {
         self.timeline.stop_requested = Some(Instant::now());
         self.control.release_vcpus();
         stop_vcpus(threads);
+        drop(io_threads);
         self.timeline.torn_down = Some(Instant::now());
         self.timeline.first_guest_entry = self.context.first_entry.get().copied();
         self.timeline.boot_timer = *self.boot_timer.lock().unwrap_or_else(|p| p.into_inner());

@@ -76,6 +76,8 @@ pub struct MmioDeviceManager {
     pub bus: Bus,
     /// Devices to register with the event loop when the VM runs.
     pub subscribers: Vec<Subscriber>,
+    /// Devices whose backends may block: each gets an I/O thread.
+    pub io_subscribers: Vec<Subscriber>,
     attached: usize,
 }
 
@@ -123,6 +125,24 @@ impl MmioDeviceManager {
             .map_err(|source| MmioError::Bus { index, source })?;
         self.subscribers.push(device);
         self.attached += 1;
+        Ok(slot)
+    }
+
+    /// As `attach`, for a device whose backend may block (a disk): it will
+    /// be served on an I/O thread of its own, not on the main event loop.
+    pub fn attach_blocking<D>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Arc<Mutex<D>>,
+    ) -> Result<MmioSlot, MmioError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let slot = self.attach(vm, mem, device)?;
+        if let Some(device) = self.subscribers.pop() {
+            self.io_subscribers.push(device);
+        }
         Ok(slot)
     }
 }

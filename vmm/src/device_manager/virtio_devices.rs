@@ -111,7 +111,7 @@ pub fn attach_all(
 ) -> Result<(), VirtioDeviceError> {
     for handle in handles {
         match handle {
-            VirtioDeviceHandle::Block(block) => mmio.attach(vm, mem, block)?,
+            VirtioDeviceHandle::Block(block) => mmio.attach_blocking(vm, mem, block)?,
             VirtioDeviceHandle::Net(net) => mmio.attach(vm, mem, net)?,
             VirtioDeviceHandle::Rng(rng) => mmio.attach(vm, mem, rng)?,
             VirtioDeviceHandle::Vsock(vsock) => mmio.attach(vm, mem, vsock)?,
