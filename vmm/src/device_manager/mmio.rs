@@ -128,22 +128,12 @@ impl MmioDeviceManager {
         Ok(slot)
     }
 
-    /// As `attach`, for a device whose backend may block (a disk): it will
-    /// be served on an I/O thread of its own, not on the main event loop.
-    pub fn attach_blocking<D>(
-        &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        device: Arc<Mutex<D>>,
-    ) -> Result<MmioSlot, MmioError>
-    where
-        D: VirtioDevice + MutEventSubscriber + Send + 'static,
-    {
-        let slot = self.attach(vm, mem, device)?;
+    /// Serves the device attached last on an I/O thread of its own, not
+    /// on the main event loop: its backend may block (a disk).
+    pub fn serve_last_on_io_thread(&mut self) {
         if let Some(device) = self.subscribers.pop() {
             self.io_subscribers.push(device);
         }
-        Ok(slot)
     }
 }
 
