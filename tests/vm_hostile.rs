@@ -197,3 +197,24 @@ fn a_hung_disk_backend_blocks_neither_the_vcpu_nor_the_stop() {
     );
     assert!(exited, "herd did not exit once the disk thawed\n{err}");
 }
+
+/// herd's stdout is a pipe nobody reads: the guest's console output must
+/// not hold its vCPU, so the guest still gets to its exit.
+#[test]
+fn a_blocked_stdout_does_not_hold_the_vcpu() {
+    if !kvm_present() {
+        return;
+    }
+    // ~105 KB of output against a 64 KiB pipe that is never read.
+    let mut cmd = herd_cmd("probe.quick=1 probe.action=print-lots:1500", &[]);
+    let mut child = ChildGuard(cmd.spawn().expect("spawn herd"));
+    let _unread_stdout = child.0.stdout.take().expect("stdout");
+    let err = drain(child.0.stderr.take().expect("stderr"));
+    let status = herd_run::wait_until(&mut child.0, Instant::now() + TIMEOUT);
+    let err = err.join().unwrap();
+    assert!(
+        status.is_some(),
+        "the guest never reached its exit with stdout blocked\n{err}"
+    );
+    assert_eq!(status.unwrap().code(), Some(0), "{err}");
+}

@@ -17,6 +17,7 @@ use crate::api::{self, ApiContext, ApiError, VmDescription};
 use crate::boot_report::{BootReport, BootTimeline};
 use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
+use crate::device_manager::console_out::ConsoleDrain;
 use crate::device_manager::{SerialInput, StopListener};
 use crate::io_thread;
 use crate::metrics::MetricsSources;
@@ -28,6 +29,8 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
 const VCPU_POLL_INTERVAL: Duration = Duration::from_micros(100);
+/// How long buffered guest console output gets to reach a slow sink.
+const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -80,6 +83,7 @@ pub struct Vmm {
     pub(crate) description: VmDescription,
     pub(crate) stop_timeout: Duration,
     pub(crate) console_hub: Arc<ConsoleHub>,
+    pub(crate) console_drain: Option<ConsoleDrain>,
     pub(crate) console_socket: Option<ConsoleSocket>,
 }
 
@@ -213,6 +217,11 @@ impl Vmm {
         self.control.release_vcpus();
         stop_vcpus(threads);
         drop(io_threads);
+        if let Some(drain) = &self.console_drain {
+            if !drain.drain(CONSOLE_DRAIN_TIMEOUT) {
+                log::warn!("the console output is blocked; the guest's last output is lost");
+            }
+        }
         self.timeline.torn_down = Some(Instant::now());
         self.timeline.first_guest_entry = self.context.first_entry.get().copied();
         self.timeline.boot_timer = *self.boot_timer.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::console::{ConsoleHub, ConsoleTee, RotatingLog, CONSOLE_LOG_MAX_BYTES};
+use super::console_out::{self, ConsoleDrain};
 use crate::config::ConsoleConfig;
 use crate::control::VmControl;
 use crate::panic_watch::PanicWatcher;
@@ -35,6 +36,8 @@ pub enum DeviceError {
     },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("cannot start the console output thread: {0}")]
+    ConsoleThread(std::io::Error),
     #[error("cannot place a device on the I/O bus: {0}")]
     Bus(#[from] BusError),
     #[error("cannot connect the serial port to guest IRQ {COM1_IRQ}: {0}")]
@@ -55,6 +58,8 @@ pub struct LegacyDevices {
     pub panic_message: Arc<Mutex<Option<String>>>,
     pub console_hub: Arc<ConsoleHub>,
     pub power_button: PowerButton,
+    /// Flushes buffered console output at teardown (None: no output).
+    pub console_drain: Option<ConsoleDrain>,
 }
 
 fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
@@ -91,8 +96,17 @@ pub fn create_legacy_devices(
 ) -> Result<LegacyDevices, DeviceError> {
     let panic_message = Arc::new(Mutex::new(None));
     let console_hub = Arc::new(ConsoleHub::default());
+    // The sink may block; the vCPU writing the serial port must not.
+    let (sink, console_drain): (Box<dyn Write + Send>, _) = match console {
+        ConsoleConfig::None => (Box::new(std::io::sink()), None),
+        _ => {
+            let (out, drain) =
+                console_out::spawn(console_writer(console)?).map_err(DeviceError::ConsoleThread)?;
+            (Box::new(out), Some(drain))
+        }
+    };
     let tee = ConsoleTee {
-        sink: console_writer(console)?,
+        sink,
         hub: console_hub.clone(),
     };
     let out = PanicWatcher::new(tee, panic_message.clone());
@@ -137,6 +151,7 @@ pub fn create_legacy_devices(
         panic_message,
         console_hub,
         power_button,
+        console_drain,
     })
 }
 

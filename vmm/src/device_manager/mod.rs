@@ -1,6 +1,7 @@
 //! Devices of a VM: legacy port-I/O devices and virtio devices on MMIO.
 
 pub mod console;
+pub mod console_out;
 pub mod legacy;
 pub mod mmio;
 pub mod serial_input;
