@@ -5,6 +5,8 @@
 
 #[path = "vm_hostile/frozen_disk.rs"]
 mod frozen_disk;
+#[path = "vm_hostile/misbehaving.rs"]
+mod misbehaving;
 mod support;
 
 use std::io::Write;

@@ -163,6 +163,100 @@ static void __attribute__((noreturn)) action_blk_hang(void)
 	}
 }
 
+/* A NIC whose receive queue is live but never gets a buffer: everything
+ * the host sends it has nowhere to go. */
+static void __attribute__((noreturn)) action_net_deaf(void)
+{
+	static struct vq rxq, txq;
+	struct vdev *d;
+	vtag = "net-deaf";
+	if (probe_map_mmio() || virtio_find(VIRTIO_ID_NET, &d, 1) == 0) {
+		vfail_nonum("no virtio-net device");
+		exit_vm(1);
+	}
+	if (virtio_init(d, 0) || vq_setup(&rxq, d, 0) || vq_setup(&txq, d, 1) || virtio_ready(d))
+		exit_vm(1);
+	puts("probe: net-deaf ready\n");
+	spin();
+}
+
+/* N rounds of: a full ring of reads submitted to the first virtio-blk
+ * device, and a device reset at once, without waiting for any answer;
+ * then the device must still work: a read of sector 0 must match the
+ * one made before the rounds. */
+#define RESET_READS 5
+
+static struct {
+	struct { u32 type, reserved; u64 sector; } hdr[RESET_READS];
+	u8 status[RESET_READS];
+	u8 data[RESET_READS][4096] __attribute__((aligned(512)));
+	u8 first[512];
+} rst __attribute__((aligned(4096)));
+
+static struct vq rst_q;
+
+static int reset_read_all(struct vdev *d, int wait)
+{
+	if (virtio_init(d, 0) || vq_setup(&rst_q, d, 0) || virtio_ready(d))
+		return -1;
+	for (int i = 0; i < RESET_READS; i++) {
+		rst.hdr[i].type = 0;  /* VIRTIO_BLK_T_IN */
+		rst.hdr[i].sector = (u64)i * 8;
+		rst.status[i] = 0xff;
+		struct vbuf b[3] = {
+			{ (u64)&rst.hdr[i], 16, 0 },
+			{ (u64)rst.data[i], 4096, 1 },
+			{ (u64)&rst.status[i], 1, 1 },
+		};
+		if (vq_add(&rst_q, b, 3) < 0)
+			return -1;
+	}
+	vq_kick(&rst_q);
+	for (int i = 0; wait && i < RESET_READS; i++) {
+		u32 len;
+		if (vq_wait(&rst_q, &len, 2000) < 0) {
+			vfail("no answer to read", (u64)i);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void __attribute__((noreturn)) action_blk_reset(const char *arg)
+{
+	long long n = parse_num(arg);
+	struct vdev *d;
+	vtag = "blk-reset";
+	if (n < 0 || probe_map_mmio() || virtio_find(VIRTIO_ID_BLOCK, &d, 1) == 0) {
+		vfail_nonum("no virtio-blk device or bad round count");
+		exit_vm(1);
+	}
+	if (reset_read_all(d, 1))
+		exit_vm(1);
+	memcpy(rst.first, rst.data[0], sizeof(rst.first));
+	for (long long i = 0; i < n; i++) {
+		if (reset_read_all(d, 0))
+			exit_vm(1);
+		virtio_reset(d);  /* mid-I/O */
+	}
+	vzero(rst.data[0], sizeof(rst.data[0]));
+	if (reset_read_all(d, 1))
+		exit_vm(1);
+	for (int i = 0; i < RESET_READS; i++)
+		if (rst.status[i] != 0) {
+			vfail("read after the resets failed, status", rst.status[i]);
+			exit_vm(1);
+		}
+	if (!bytes_eq(rst.first, rst.data[0], sizeof(rst.first))) {
+		vfail_nonum("sector 0 differs after the resets");
+		exit_vm(1);
+	}
+	puts("probe: blk-reset rounds=");
+	put_u64((u64)n);
+	puts(" ok\n");
+	exit_vm(0);
+}
+
 void hostile_action(const char *a)
 {
 	if (word_is(a, "outsb"))
@@ -177,6 +271,10 @@ void hostile_action(const char *a)
 		action_spin_cli();
 	if (word_is(a, "blk-hang"))
 		action_blk_hang();
+	if (word_is(a, "net-deaf"))
+		action_net_deaf();
+	if (word_is(a, "blk-reset") && a[9] == ':')
+		action_blk_reset(a + 10);
 	if (word_is(a, "serial-flood"))
 		action_serial_flood();
 }

@@ -20,6 +20,17 @@ use super::serial_input::{PendingInput, INPUT_CHUNK};
 /// The console log rotates when it would pass this size; one previous
 /// file (`.1`) is kept, so a log takes at most twice this on disk.
 pub const CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
+/// Overrides CONSOLE_LOG_MAX_BYTES (bytes, at least 4096), like docker's
+/// `max-size` log option.
+pub const CONSOLE_LOG_MAX_ENV: &str = "HERD_CONSOLE_LOG_MAX_BYTES";
+
+/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set and sane.
+pub fn console_log_max() -> u64 {
+    std::env::var(CONSOLE_LOG_MAX_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
+}
 
 /// Appends to `path`, moving it to `path.1` when it is full.
 pub struct RotatingLog {
