@@ -236,7 +236,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         description: VmDescription::from_config(config),
         stop_timeout: DEFAULT_STOP_TIMEOUT,
         console_hub: legacy.console_hub,
-        console_drain: legacy.console_drain,
+        console_writer: legacy.console_writer,
         console_socket: None,
     })
 }

@@ -17,7 +17,7 @@ use crate::api::{self, ApiContext, ApiError, VmDescription};
 use crate::boot_report::{BootReport, BootTimeline};
 use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
-use crate::device_manager::console_out::ConsoleDrain;
+use crate::device_manager::console_out::ConsoleWriter;
 use crate::device_manager::{SerialInput, StopListener};
 use crate::io_thread;
 use crate::metrics::MetricsSources;
@@ -83,7 +83,7 @@ pub struct Vmm {
     pub(crate) description: VmDescription,
     pub(crate) stop_timeout: Duration,
     pub(crate) console_hub: Arc<ConsoleHub>,
-    pub(crate) console_drain: Option<ConsoleDrain>,
+    pub(crate) console_writer: Option<ConsoleWriter>,
     pub(crate) console_socket: Option<ConsoleSocket>,
 }
 
@@ -154,14 +154,6 @@ impl Vmm {
         for device in self.device_subscribers.drain(..) {
             events.add_subscriber(device);
         }
-        let mut io_threads = Vec::with_capacity(self.io_subscribers.len());
-        for (i, device) in self.io_subscribers.drain(..).enumerate() {
-            let seccomp = self.context.seccomp.clone();
-            match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
-                Ok(thread) => io_threads.push(thread),
-                Err(e) => return Err(RunError::IoThread(e)),
-            }
-        }
         if self.console_input {
             // SAFETY: isatty only inspects the descriptor.
             let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
@@ -195,6 +187,24 @@ impl Vmm {
             .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
         started();
 
+        // Off the boot path: the guest is already running. A queue kick
+        // that came first stays pending on its eventfd.
+        let mut io_threads = Vec::with_capacity(self.io_subscribers.len());
+        for (i, device) in self.io_subscribers.drain(..).enumerate() {
+            let seccomp = self.context.seccomp.clone();
+            match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
+                Ok(thread) => io_threads.push(thread),
+                Err(e) => {
+                    stop.request(StopReason::KvmFailure(e.to_string()));
+                    stop_vcpus(threads);
+                    return Err(RunError::IoThread(e));
+                }
+            }
+        }
+        if let Some(Err(e)) = self.console_writer.as_ref().map(ConsoleWriter::start) {
+            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
+        }
+
         // After the vCPU threads started (they install their own filter),
         // before the loop handles anything the guest did.
         if let Some(Err(e)) = self
@@ -217,8 +227,8 @@ impl Vmm {
         self.control.release_vcpus();
         stop_vcpus(threads);
         drop(io_threads);
-        if let Some(drain) = &self.console_drain {
-            if !drain.drain(CONSOLE_DRAIN_TIMEOUT) {
+        if let Some(writer) = &self.console_writer {
+            if !writer.drain(CONSOLE_DRAIN_TIMEOUT) {
                 log::warn!("the console output is blocked; the guest's last output is lost");
             }
         }

@@ -3,6 +3,9 @@
 //! A sink that blocks (a pipe nobody reads, a terminal on Ctrl-S, a file on
 //! a hung filesystem) then costs the guest output, never a vCPU: when the
 //! buffer is full, further output is dropped and counted.
+//!
+//! The thread is started once the vCPUs run ([`ConsoleWriter::start`]),
+//! off the boot path; until then output goes to the sink directly.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,6 +16,8 @@ pub const CONSOLE_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 struct State {
+    /// The sink, until the writer thread takes it over.
+    direct: Option<Box<dyn Write + Send>>,
     bytes: Vec<u8>,
     /// Bytes dropped since the writer last reported it.
     dropped: u64,
@@ -41,6 +46,11 @@ pub struct ConsoleOut {
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.lock();
+        if let Some(sink) = state.direct.as_mut() {
+            // A closed terminal or a full disk must not stop the guest.
+            let _ = sink.write_all(buf);
+            return Ok(buf.len());
+        }
         let room = CONSOLE_BUFFER_BYTES.saturating_sub(state.bytes.len());
         let take = buf.len().min(room);
         let was_idle = state.bytes.is_empty();
@@ -54,16 +64,20 @@ impl Write for ConsoleOut {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(sink) = self.shared.lock().direct.as_mut() {
+            let _ = sink.flush();
+        }
         Ok(())
     }
 }
 
-/// Waits for buffered output to reach the sink, for a bounded time.
-pub struct ConsoleDrain {
+/// Starts the writer thread and waits for buffered output to reach the
+/// sink, for a bounded time.
+pub struct ConsoleWriter {
     shared: Arc<Shared>,
 }
 
-impl ConsoleDrain {
+impl ConsoleWriter {
     /// True if everything was written within `timeout`.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -81,44 +95,58 @@ impl ConsoleDrain {
     }
 }
 
-/// Starts the writer thread feeding `sink`.
-pub fn spawn(mut sink: Box<dyn Write + Send>) -> std::io::Result<(ConsoleOut, ConsoleDrain)> {
+/// The serial port's writer for `sink`, and the handle that starts the
+/// thread behind it.
+pub fn new(sink: Box<dyn Write + Send>) -> (ConsoleOut, ConsoleWriter) {
     let shared = Arc::new(Shared::default());
-    let writer = shared.clone();
-    std::thread::Builder::new()
-        .name("herd-console".into())
-        .spawn(move || {
-            let mut chunk = Vec::new();
-            loop {
-                let mut state = writer.lock();
-                while state.bytes.is_empty() {
-                    state = match writer.changed.wait(state) {
-                        Ok(s) => s,
-                        Err(p) => p.into_inner(),
-                    };
-                }
-                std::mem::swap(&mut chunk, &mut state.bytes);
-                let dropped = std::mem::take(&mut state.dropped);
-                state.writing = true;
-                drop(state);
-                if dropped > 0 {
-                    log::warn!(
-                        "console output could not keep up with the guest; {dropped} bytes dropped"
-                    );
-                }
-                // A closed terminal or a full disk must not stop the guest.
-                let _ = sink.write_all(&chunk).and_then(|()| sink.flush());
-                chunk.clear();
-                writer.lock().writing = false;
-                writer.changed.notify_all();
-            }
-        })?;
-    Ok((
+    shared.lock().direct = Some(sink);
+    (
         ConsoleOut {
             shared: shared.clone(),
         },
-        ConsoleDrain { shared },
-    ))
+        ConsoleWriter { shared },
+    )
+}
+
+impl ConsoleWriter {
+    /// Starts the writer thread; from then on output is buffered. The
+    /// thread takes the sink over itself, so a caller never waits for a
+    /// vCPU stuck in a direct write.
+    pub fn start(&self) -> std::io::Result<()> {
+        let writer = self.shared.clone();
+        std::thread::Builder::new()
+            .name("herd-console".into())
+            .spawn(move || {
+                let Some(mut sink) = writer.lock().direct.take() else {
+                    return;
+                };
+                let mut chunk = Vec::new();
+                loop {
+                    let mut state = writer.lock();
+                    while state.bytes.is_empty() {
+                        state = match writer.changed.wait(state) {
+                            Ok(s) => s,
+                            Err(p) => p.into_inner(),
+                        };
+                    }
+                    std::mem::swap(&mut chunk, &mut state.bytes);
+                    let dropped = std::mem::take(&mut state.dropped);
+                    state.writing = true;
+                    drop(state);
+                    if dropped > 0 {
+                        log::warn!(
+                            "console output could not keep up with the guest; {dropped} bytes dropped"
+                        );
+                    }
+                    // A closed terminal or a full disk must not stop the guest.
+                    let _ = sink.write_all(&chunk).and_then(|()| sink.flush());
+                    chunk.clear();
+                    writer.lock().writing = false;
+                    writer.changed.notify_all();
+                }
+            })?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +171,12 @@ mod tests {
     fn a_blocked_sink_costs_output_not_the_writer() {
         let (go, gate) = mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let (mut out, drain) = spawn(Box::new(Gate(gate, got.clone()))).unwrap();
+        let (mut out, drain) = new(Box::new(Gate(gate, got.clone())));
+        drain.start().unwrap();
+        // The thread takes the sink over before the first write counts.
+        while drain.shared.lock().direct.is_some() {
+            std::thread::yield_now();
+        }
         let start = Instant::now();
         for _ in 0..(4 * CONSOLE_BUFFER_BYTES / 64) {
             assert_eq!(out.write(&[b'x'; 64]).unwrap(), 64);

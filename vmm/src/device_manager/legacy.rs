@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::console::{console_log_max, ConsoleHub, ConsoleTee, RotatingLog};
-use super::console_out::{self, ConsoleDrain};
+use super::console_out::{self, ConsoleWriter};
 use crate::config::ConsoleConfig;
 use crate::control::VmControl;
 use crate::panic_watch::PanicWatcher;
@@ -36,8 +36,6 @@ pub enum DeviceError {
     },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("cannot start the console output thread: {0}")]
-    ConsoleThread(std::io::Error),
     #[error("cannot place a device on the I/O bus: {0}")]
     Bus(#[from] BusError),
     #[error("cannot connect the serial port to guest IRQ {COM1_IRQ}: {0}")]
@@ -58,8 +56,9 @@ pub struct LegacyDevices {
     pub panic_message: Arc<Mutex<Option<String>>>,
     pub console_hub: Arc<ConsoleHub>,
     pub power_button: PowerButton,
-    /// Flushes buffered console output at teardown (None: no output).
-    pub console_drain: Option<ConsoleDrain>,
+    /// Starts the console output thread, flushes it at teardown (None:
+    /// no output).
+    pub console_writer: Option<ConsoleWriter>,
 }
 
 fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
@@ -95,12 +94,11 @@ pub fn create_legacy_devices(
     let panic_message = Arc::new(Mutex::new(None));
     let console_hub = Arc::new(ConsoleHub::default());
     // The sink may block; the vCPU writing the serial port must not.
-    let (sink, console_drain): (Box<dyn Write + Send>, _) = match console {
+    let (sink, console_writer): (Box<dyn Write + Send>, _) = match console {
         ConsoleConfig::None => (Box::new(std::io::sink()), None),
         _ => {
-            let (out, drain) =
-                console_out::spawn(console_writer(console)?).map_err(DeviceError::ConsoleThread)?;
-            (Box::new(out), Some(drain))
+            let (out, writer) = console_out::new(console_writer(console)?);
+            (Box::new(out), Some(writer))
         }
     };
     let tee = ConsoleTee {
@@ -149,7 +147,7 @@ pub fn create_legacy_devices(
         panic_message,
         console_hub,
         power_button,
-        console_drain,
+        console_writer,
     })
 }
 
