@@ -201,7 +201,8 @@ impl Vmm {
                 }
             }
         }
-        if let Some(Err(e)) = self.console_writer.as_ref().map(ConsoleWriter::start) {
+        let seccomp = self.context.seccomp.clone();
+        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(seccomp)) {
             log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
         }
 
