@@ -29,6 +29,11 @@ const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Fixed for the device's life; kept here so that reading them never
+    /// waits for the device lock (which a disk's I/O thread may hold
+    /// while its backend hangs).
+    device_type: u32,
+    device_features: u64,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<Queue>,
@@ -60,8 +65,14 @@ impl MmioTransport {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Self {
         let queues = new_queues(&device);
+        let (device_type, device_features) = {
+            let dev = lock(&device);
+            (dev.device_type(), dev.avail_features() | VIRTIO_F_VERSION_1)
+        };
         MmioTransport {
             device,
+            device_type,
+            device_features,
             mem,
             interrupt,
             queues,
@@ -81,14 +92,14 @@ impl MmioTransport {
     }
 
     fn device_features(&self) -> u64 {
-        lock(&self.device).avail_features() | VIRTIO_F_VERSION_1
+        self.device_features
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
         match offset {
             0x00 => MAGIC_VALUE,
             0x04 => VERSION,
-            0x08 => lock(&self.device).device_type(),
+            0x08 => self.device_type,
             0x0c => VENDOR_ID,
             0x10 => match self.features_select {
                 0 => (self.device_features() & 0xffff_ffff) as u32,
