@@ -405,6 +405,35 @@ mod tests {
         );
     }
 
+    /// Records every access it sees.
+    #[derive(Default)]
+    struct Log(Vec<Vec<u8>>);
+    impl devices::BusDevice for Log {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0x60);
+            self.0.push(vec![0; data.len()]);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0.push(data.to_vec());
+        }
+    }
+
+    /// `rep outsb` / `rep insb` arrive as one exit of count x size bytes;
+    /// a one-byte port must see `count` one-byte accesses.
+    #[test]
+    fn string_port_io_is_one_access_per_element() {
+        let port = Arc::new(Mutex::new(Log::default()));
+        let mut pio = Bus::new();
+        pio.insert(port.clone(), 0x501, 1).unwrap();
+        let mmio = Bus::new();
+        handle_exit(0, VcpuExit::IoOut(0x501, &[42, 43, 44]), 1, &pio, &mmio);
+        assert_eq!(port.lock().unwrap().0, vec![vec![42], vec![43], vec![44]]);
+        let mut data = [0u8; 4];
+        handle_exit(0, VcpuExit::IoIn(0x501, &mut data), 1, &pio, &mmio);
+        assert_eq!(data, [0x60; 4]);
+        assert_eq!(port.lock().unwrap().0.len(), 7);
+    }
+
     #[test]
     fn crashes_and_resets_stop_the_vm() {
         let (pio, mmio) = buses();
