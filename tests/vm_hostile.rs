@@ -10,6 +10,7 @@ mod misbehaving;
 mod support;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -172,7 +173,7 @@ fn a_hung_disk_backend_blocks_neither_the_vcpu_nor_the_stop() {
     let sent = Instant::now();
     // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let stop_seen = stopped.recv_timeout(Duration::from_secs(10)).is_ok();
+    let stop_seen = stopped.recv_timeout(Duration::from_secs(20)).is_ok();
     let took = sent.elapsed();
     // Only now can the stuck write (and with it the process) finish.
     fs.thaw();
@@ -191,10 +192,10 @@ fn a_hung_disk_backend_blocks_neither_the_vcpu_nor_the_stop() {
         stop_seen,
         "SIGTERM did not stop the VM while its disk hung\n{out}\n{err}"
     );
-    // A correctness bound (1 s stop timeout, 0.5 s vCPU teardown), not a
-    // performance claim.
+    // A correctness bound (1 s stop timeout, 0.5 s vCPU teardown, slack for
+    // a loaded machine), not a performance claim.
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(10),
         "stopping took {took:?}\n{err}"
     );
     assert!(exited, "herd did not exit once the disk thawed\n{err}");
@@ -208,12 +209,15 @@ fn a_blocked_stdout_does_not_hold_the_vcpu() {
     if !kvm_present() {
         return;
     }
-    // ~105 KB of output against a 64 KiB pipe that is never read.
-    let mut cmd = herd_cmd("probe.quick=1 probe.action=print-lots:1500", &[]);
+    // ~21 KB of output against a pipe of one page that is never read.
+    let mut cmd = herd_cmd("probe.quick=1 probe.action=print-lots:300", &[]);
     let mut child = ChildGuard(cmd.spawn().expect("spawn herd"));
-    let _unread_stdout = child.0.stdout.take().expect("stdout");
+    let unread_stdout = child.0.stdout.take().expect("stdout");
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe behind a descriptor we own.
+    let size = unsafe { libc::fcntl(unread_stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096, "cannot shrink the stdout pipe");
     let err = drain(child.0.stderr.take().expect("stderr"));
-    let status = herd_run::wait_until(&mut child.0, Instant::now() + TIMEOUT);
+    let status = herd_run::wait_until(&mut child.0, Instant::now() + 2 * TIMEOUT);
     let err = err.join().unwrap();
     assert!(
         status.is_some(),
