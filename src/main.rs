@@ -6,6 +6,7 @@ mod emulated_host;
 mod exit_status;
 mod image;
 mod jail;
+mod log_limit;
 mod net_setup;
 mod terminal;
 mod vm_slots;
@@ -285,10 +286,7 @@ fn net(cmd: NetCommand) -> u8 {
 }
 
 fn init_logging(level: log::LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        .format_target(false)
-        .init();
+    log_limit::init(level);
 }
 
 fn fail(status: u8, message: impl std::fmt::Display) -> u8 {

@@ -102,19 +102,102 @@ fn nat_table(name: &str) -> String {
     format!("herd-{name}")
 }
 
+/// What kind of link `name` is: None if there is no such link, else the
+/// kernel's `info_kind` ("bridge", "tun", "veth", ...; "" for a plain
+/// device). Read from `ip -j -d link` in the caller's network namespace; a
+/// bridge *port* is a "tun" or "veth" with `info_slave_kind` "bridge".
+fn link_kind(name: &str) -> Result<Option<String>, NetSetupError> {
+    match ip(&["-j", "-d", "link", "show", "dev", name]) {
+        Ok(json) => parse_link_kind(&json).map(Some),
+        // `ip` says "Device ... does not exist" and exits 1.
+        Err(NetSetupError::Failed { detail, .. }) if detail.contains("does not exist") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_link_kind(json: &str) -> Result<String, NetSetupError> {
+    let bad = |detail: String| NetSetupError::Failed {
+        command: "ip -j -d link show".into(),
+        detail,
+    };
+    let links: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad(format!("unreadable JSON: {e}")))?;
+    let link = links
+        .get(0)
+        .ok_or_else(|| bad("no link in the answer".into()))?;
+    Ok(link
+        .pointer("/linkinfo/info_kind")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
+        .to_owned())
+}
+
+/// Fails unless `name` is missing or a bridge.
+fn check_bridge(name: &str) -> Result<bool, NetSetupError> {
+    match link_kind(name)? {
+        None => Ok(false),
+        Some(kind) if kind == "bridge" => Ok(true),
+        Some(_) => Err(NetSetupError::NotABridge(name.to_owned())),
+    }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Where herd remembers the ip_forward value it found before `--nat`
+/// turned forwarding on, so the last `herd net rm` can put it back.
+fn ip_forward_marker() -> std::path::PathBuf {
+    crate::appliance::runtime_dir::base_dir()
+        .join("net")
+        .join("ip_forward.before")
+}
+
+fn sysctl_error(what: &str, e: &std::io::Error) -> NetSetupError {
+    NetSetupError::Failed {
+        command: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+fn enable_ip_forward() -> Result<(), NetSetupError> {
+    let before = std::fs::read_to_string(IP_FORWARD)
+        .map_err(|e| sysctl_error("read net.ipv4.ip_forward", &e))?;
+    let marker = ip_forward_marker();
+    if before.trim() != "1" && !marker.exists() {
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| sysctl_error("remember ip_forward", &e))?;
+        }
+        std::fs::write(&marker, before.trim())
+            .map_err(|e| sysctl_error("remember ip_forward", &e))?;
+    }
+    std::fs::write(IP_FORWARD, "1").map_err(|e| sysctl_error("enable net.ipv4.ip_forward", &e))
+}
+
+/// Puts ip_forward back as herd found it once no herd NAT table is left.
+fn restore_ip_forward() -> Result<(), NetSetupError> {
+    let marker = ip_forward_marker();
+    let Ok(before) = std::fs::read_to_string(&marker) else {
+        return Ok(());
+    };
+    let tables = nft(&["list", "tables", "ip"]).unwrap_or_default();
+    if tables
+        .lines()
+        .any(|l| l.trim().starts_with("table ip herd-"))
+    {
+        return Ok(());
+    }
+    std::fs::write(IP_FORWARD, before.trim())
+        .map_err(|e| sysctl_error("restore net.ipv4.ip_forward", &e))?;
+    let _ = std::fs::remove_file(&marker);
+    log::info!("net.ipv4.ip_forward restored to {}", before.trim());
+    Ok(())
+}
+
 /// Creates bridge `name` with the host at `subnet`, optionally masquerading
 /// the subnet's traffic to other interfaces. Idempotent for the bridge.
 pub fn create(name: &str, subnet: Subnet, nat: bool) -> Result<(), NetSetupError> {
     validate_name(name)?;
-    let exists = ip(&["-d", "link", "show", name]);
-    match exists {
-        Ok(details) if !details.contains("bridge") => {
-            return Err(NetSetupError::NotABridge(name.to_owned()))
-        }
-        Ok(_) => {}
-        Err(_) => {
-            ip(&["link", "add", name, "type", "bridge"])?;
-        }
+    if !check_bridge(name)? {
+        ip(&["link", "add", name, "type", "bridge"])?;
     }
     let cidr = format!("{}/{}", subnet.host, subnet.prefix);
     if !ip(&["-4", "addr", "show", "dev", name])?.contains(&cidr) {
@@ -122,12 +205,7 @@ pub fn create(name: &str, subnet: Subnet, nat: bool) -> Result<(), NetSetupError
     }
     ip(&["link", "set", name, "up"])?;
     if nat {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
-            NetSetupError::Failed {
-                command: "enable net.ipv4.ip_forward".into(),
-                detail: e.to_string(),
-            }
-        })?;
+        enable_ip_forward()?;
         let table = nat_table(name);
         let source = format!("{}/{}", subnet.network(), subnet.prefix);
         let _ = nft(&["delete", "table", "ip", &table]);
@@ -158,21 +236,18 @@ pub fn create(name: &str, subnet: Subnet, nat: bool) -> Result<(), NetSetupError
     Ok(())
 }
 
-/// Removes bridge `name` and its NAT table, if any.
+/// Removes bridge `name` and its NAT table, if any; the last one gone puts
+/// ip_forward back as `--nat` found it.
 pub fn remove(name: &str) -> Result<(), NetSetupError> {
     validate_name(name)?;
-    match ip(&["-d", "link", "show", name]) {
-        Ok(details) if !details.contains("bridge") => {
-            return Err(NetSetupError::NotABridge(name.to_owned()))
-        }
-        Ok(_) => {
-            ip(&["link", "del", name])?;
-        }
-        Err(_) => log::info!("network {name} does not exist"),
+    if check_bridge(name)? {
+        ip(&["link", "del", name])?;
+    } else {
+        log::info!("network {name} does not exist");
     }
     // The NAT table only exists with --nat; nft may not even be installed.
     let _ = nft(&["delete", "table", "ip", &nat_table(name)]);
-    Ok(())
+    restore_ip_forward()
 }
 
 #[cfg(test)]
@@ -189,5 +264,18 @@ mod tests {
         assert!(validate_name("appnet").is_ok());
         assert!(validate_name("a-very-long-bridge-name").is_err());
         assert!(validate_name("bad name").is_err());
+    }
+
+    #[test]
+    fn link_kinds_come_from_the_kernel_not_substrings() {
+        let bridge = r#"[{"ifname":"appnet","linkinfo":{"info_kind":"bridge"}}]"#;
+        assert_eq!(parse_link_kind(bridge).unwrap(), "bridge");
+        // A TAP enslaved to a bridge mentions "bridge" everywhere.
+        let port = r#"[{"ifname":"vm0","master":"bridge0","linkinfo":{"info_kind":"tun",
+            "info_slave_kind":"bridge","info_slave_data":{"bridge_id":"8000.x"}}}]"#;
+        assert_eq!(parse_link_kind(port).unwrap(), "tun");
+        assert_eq!(parse_link_kind(r#"[{"ifname":"eth0"}]"#).unwrap(), "");
+        assert!(parse_link_kind("[]").is_err());
+        assert!(parse_link_kind("bridge").is_err());
     }
 }

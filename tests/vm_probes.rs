@@ -10,11 +10,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::herd_run::{self, drain, wait_until, watch_lines, Run};
-use support::probes::{herd_bin, probe_path};
+use support::probes::herd_run_probe;
 
 /// A hung VMM must fail its test, not hang the suite.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,17 +28,7 @@ fn kvm_present() -> bool {
 
 /// `herd run --kernel <probe> --cmdline <cmdline> <extra…>` with piped output.
 fn herd_cmd(probe: &str, cmdline: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(herd_bin());
-    cmd.arg("run")
-        .arg("--kernel")
-        .arg(probe_path(probe))
-        .arg("--cmdline")
-        .arg(cmdline)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+    herd_run_probe(probe, cmdline, extra)
 }
 
 fn run(probe: &str, cmdline: &str, extra: &[&str]) -> Run {

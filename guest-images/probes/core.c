@@ -611,7 +611,8 @@ static void __attribute__((noreturn)) run_action(void)
 		action_kbd(0);
 	if (word_is(a, "kbd-ignore"))
 		action_kbd(1);
-	platform_action(a);  /* these two return only if `a` is none of theirs */
+	hostile_action(a);
+	platform_action(a);  /* these three return only if `a` is none of theirs */
 	virtio_action(a);
 	puts("probe: FAIL unknown probe.action\n");
 	exit_vm(1);

@@ -39,6 +39,9 @@ void virtio_action(const char *action);
 /* platform.c: probe.action=acpi-poweroff/acpi-reset/acpi-garbage/cmos;
  * returns if `action` is none of them. */
 void platform_action(const char *action);
+/* hostile.c: misbehaving-guest actions (outsb, serial-flood, ...);
+ * returns if `action` is none of them. */
+void hostile_action(const char *action);
 #endif
 
 #endif

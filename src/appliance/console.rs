@@ -9,7 +9,7 @@ use super::runtime_dir::{self, Liveness, CONSOLE_SOCKET};
 use crate::terminal::RawTerminal;
 
 /// Ctrl-]: the same key leaves `herd run --console stdio`.
-use vmm::device_manager::legacy::ESCAPE_KEY;
+use vmm::device_manager::serial_input::ESCAPE_KEY;
 
 /// How often the input loop checks whether the appliance went away.
 const POLL_MS: i32 = 200;

@@ -81,3 +81,19 @@ pub fn probe_path(name: &str) -> PathBuf {
     assert!(path.is_file(), "probe {} was not built", path.display());
     path
 }
+
+/// `herd run --kernel <probe> --cmdline <cmdline> <extra…>`, stdin from
+/// /dev/null, output piped.
+pub fn herd_run_probe(probe: &str, cmdline: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(herd_bin());
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(probe_path(probe))
+        .arg("--cmdline")
+        .arg(cmdline)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}

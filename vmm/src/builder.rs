@@ -228,6 +228,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         panic_message: legacy.panic_message,
         power_button: legacy.power_button,
         device_subscribers: mmio.subscribers,
+        io_subscribers: mmio.io_subscribers,
         console_input: matches!(config.console, ConsoleConfig::Stdio),
         timeline,
         control,
@@ -235,6 +236,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         description: VmDescription::from_config(config),
         stop_timeout: DEFAULT_STOP_TIMEOUT,
         console_hub: legacy.console_hub,
+        console_writer: legacy.console_writer,
         console_socket: None,
     })
 }

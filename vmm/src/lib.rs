@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod device_manager;
 pub mod host_net;
+pub mod io_thread;
 pub mod kvm_check;
 pub mod metrics;
 mod panic_watch;

@@ -17,7 +17,9 @@ use crate::api::{self, ApiContext, ApiError, VmDescription};
 use crate::boot_report::{BootReport, BootTimeline};
 use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
+use crate::device_manager::console_out::ConsoleWriter;
 use crate::device_manager::{SerialInput, StopListener};
+use crate::io_thread;
 use crate::metrics::MetricsSources;
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
@@ -27,6 +29,8 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
 const VCPU_POLL_INTERVAL: Duration = Duration::from_micros(100);
+/// How long buffered guest console output gets to reach a slow sink.
+const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -38,6 +42,8 @@ pub enum RunError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error("cannot start a device I/O thread: {0}")]
+    IoThread(std::io::Error),
 }
 
 /// How a run ended.
@@ -67,6 +73,8 @@ pub struct Vmm {
     pub(crate) panic_message: Arc<Mutex<Option<String>>>,
     pub(crate) power_button: devices::acpi::PowerButton,
     pub(crate) device_subscribers: Vec<Subscriber>,
+    /// Served on I/O threads of their own (see `io_thread`).
+    pub(crate) io_subscribers: Vec<Subscriber>,
     pub(crate) console_input: bool,
     pub(crate) timeline: BootTimeline,
     pub(crate) control: Arc<VmControl>,
@@ -75,6 +83,7 @@ pub struct Vmm {
     pub(crate) description: VmDescription,
     pub(crate) stop_timeout: Duration,
     pub(crate) console_hub: Arc<ConsoleHub>,
+    pub(crate) console_writer: Option<ConsoleWriter>,
     pub(crate) console_socket: Option<ConsoleSocket>,
 }
 
@@ -148,11 +157,16 @@ impl Vmm {
         if self.console_input {
             // SAFETY: isatty only inspects the descriptor.
             let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-            events.add_subscriber(Arc::new(Mutex::new(SerialInput::new(
+            match SerialInput::new(
                 self.serial.clone(),
                 libc::STDIN_FILENO,
                 terminal.then(|| (self.control.clone(), self.stop_timeout)),
-            ))));
+            ) {
+                Ok(input) => {
+                    events.add_subscriber(Arc::new(Mutex::new(input)));
+                }
+                Err(e) => log::warn!("serial input: {e}; the guest gets no console input"),
+            }
         }
         if let Some(socket) = self.console_socket.take() {
             events.add_subscriber(Arc::new(Mutex::new(socket)));
@@ -172,6 +186,25 @@ impl Vmm {
         self.control
             .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
         started();
+
+        // Off the boot path: the guest is already running. A queue kick
+        // that came first stays pending on its eventfd.
+        let mut io_threads = Vec::with_capacity(self.io_subscribers.len());
+        for (i, device) in self.io_subscribers.drain(..).enumerate() {
+            let seccomp = self.context.seccomp.clone();
+            match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
+                Ok(thread) => io_threads.push(thread),
+                Err(e) => {
+                    stop.request(StopReason::KvmFailure(e.to_string()));
+                    stop_vcpus(threads);
+                    return Err(RunError::IoThread(e));
+                }
+            }
+        }
+        let seccomp = self.context.seccomp.clone();
+        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(seccomp)) {
+            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
+        }
 
         // After the vCPU threads started (they install their own filter),
         // before the loop handles anything the guest did.
@@ -194,6 +227,12 @@ impl Vmm {
         self.timeline.stop_requested = Some(Instant::now());
         self.control.release_vcpus();
         stop_vcpus(threads);
+        drop(io_threads);
+        if let Some(writer) = &self.console_writer {
+            if !writer.drain(CONSOLE_DRAIN_TIMEOUT) {
+                log::warn!("the console output is blocked; the guest's last output is lost");
+            }
+        }
         self.timeline.torn_down = Some(Instant::now());
         self.timeline.first_guest_entry = self.context.first_entry.get().copied();
         self.timeline.boot_timer = *self.boot_timer.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,12 +3,18 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-/// eventfd the termination handler writes to; -1 until installed.
+/// The termination handler's own duplicate of the stop eventfd; -1 until
+/// installed. It is never closed: a signal that arrives after the VM (and
+/// its eventfd) is gone then wakes an orphaned eventfd instead of writing
+/// into whatever file reused the VM's descriptor number.
 static TERMINATE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Serialises installs, which swap the file behind TERMINATE_FD.
+static INSTALL: Mutex<()> = Mutex::new(());
 /// The last termination signal received.
 static TERMINATE_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// How many termination signals arrived: the first asks for a graceful
@@ -40,10 +46,33 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     // Nothing to do: delivery alone makes KVM_RUN return EINTR.
 }
 
-/// Installs the handlers. `terminate` must stay open for the life of the
-/// process: the handler writes to its raw fd.
+/// Points the handler at a duplicate of `terminate` that lives as long as
+/// the process. A later install (another VM in this process) swaps the
+/// file behind the same number with dup3, which is atomic: the number never
+/// names anything but an eventfd.
+fn set_terminate_fd(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let current = TERMINATE_FD.load(Ordering::SeqCst);
+    let fd = if current >= 0 {
+        // dup3 only duplicates `terminate` onto the number this module
+        // owns; no memory is involved.
+        // SAFETY: sound for the reasons just given.
+        unsafe { libc::dup3(terminate.as_raw_fd(), current, libc::O_CLOEXEC) }
+    } else {
+        // F_DUPFD_CLOEXEC creates a new descriptor; no memory is involved.
+        // SAFETY: sound for the reasons just given.
+        unsafe { libc::fcntl(terminate.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) }
+    };
+    if fd < 0 {
+        return Err(vmm_sys_util::errno::Error::last());
+    }
+    TERMINATE_FD.store(fd, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Installs the handlers; termination signals wake `terminate`.
 pub fn install(terminate: &EventFd) -> Result<(), vmm_sys_util::errno::Error> {
-    TERMINATE_FD.store(terminate.as_raw_fd(), Ordering::SeqCst);
+    set_terminate_fd(terminate)?;
     register_signal_handler(libc::SIGTERM, on_terminate)?;
     register_signal_handler(libc::SIGINT, on_terminate)?;
     register_signal_handler(vcpu_kick_signal(), on_kick)?;

@@ -89,6 +89,12 @@ impl BusDevice for BootTimer {
             Some(&GUEST_READY_MAGIC) => return self.ready.mark(),
             _ => return,
         }
+        let mut slot = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the first firing counts as the boot time, and only it is
+        // logged: a guest may write the magic as often as it likes.
+        if slot.is_some() {
+            return;
+        }
         let now = Instant::now();
         let reading = BootTimerReading {
             since_process_start: now.duration_since(self.process_start),
@@ -99,9 +105,7 @@ impl BusDevice for BootTimer {
             reading.since_process_start.as_secs_f64() * 1e3,
             reading.since_vm_build_start.as_secs_f64() * 1e3,
         );
-        let mut slot = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the first firing counts as the boot time.
-        slot.get_or_insert(reading);
+        *slot = Some(reading);
     }
 }
 

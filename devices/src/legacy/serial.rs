@@ -2,8 +2,9 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::EventFdTrigger;
@@ -12,17 +13,38 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
+/// Signals an eventfd each time the guest empties the receive FIFO, so
+/// input that did not fit can be offered again.
+pub struct InputDrained(EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // A full counter still wakes the reader; nothing else can fail.
+        let _ = self.0.write(1);
+    }
+}
+
 /// The guest's console. Output goes to whatever writer the VMM chose
 /// (terminal, log file, nothing); input is pushed in by the VMM's event loop.
 pub struct SerialDevice {
-    serial: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    serial: Serial<EventFdTrigger, InputDrained, Box<dyn Write + Send>>,
 }
 
 impl SerialDevice {
-    pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            serial: Serial::new(interrupt, out),
-        }
+    pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let drained = InputDrained(EventFd::new(libc::EFD_NONBLOCK)?);
+        Ok(SerialDevice {
+            serial: Serial::with_events(interrupt, drained, out),
+        })
+    }
+
+    /// Readable once the guest has emptied its receive FIFO (after input
+    /// that did not fit; see `enqueue_input`).
+    pub fn input_drained(&self) -> &EventFd {
+        &self.serial.events().0
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the
@@ -88,7 +110,7 @@ mod tests {
     fn guest_output_reaches_writer_and_input_reaches_guest() {
         let out = SharedBuf::default();
         let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut serial = SerialDevice::new(irq, Box::new(out.clone()));
+        let mut serial = SerialDevice::new(irq, Box::new(out.clone())).unwrap();
         for b in b"hi\n" {
             serial.write(0, &[*b]);
         }
@@ -100,6 +122,17 @@ mod tests {
         serial.read(0, &mut byte);
         assert_eq!(byte, [b'x']);
         assert!(serial.interrupt().eventfd().read().unwrap() >= 1);
+        // The FIFO is empty again: whoever holds more input hears of it.
+        assert_eq!(serial.input_drained().read().unwrap(), 1);
+        let fifo = serial.fifo_capacity();
+        assert_eq!(serial.enqueue_input(&vec![b'y'; fifo + 10]), fifo);
+        assert_eq!(serial.enqueue_input(b"z"), 0);
+        for _ in 0..fifo - 1 {
+            serial.read(0, &mut byte);
+        }
+        assert!(serial.input_drained().read().is_err(), "not empty yet");
+        serial.read(0, &mut byte);
+        assert_eq!(serial.input_drained().read().unwrap(), 1);
         // Multi-byte accesses are not 8250 accesses: reads float high.
         let mut word = [0u8; 2];
         serial.read(0, &mut word);

@@ -29,6 +29,11 @@ const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Fixed for the device's life; kept here so that reading them never
+    /// waits for the device lock (which a disk's I/O thread may hold
+    /// while its backend hangs).
+    device_type: u32,
+    device_features: u64,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<Queue>,
@@ -60,8 +65,14 @@ impl MmioTransport {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Self {
         let queues = new_queues(&device);
+        let (device_type, device_features) = {
+            let dev = lock(&device);
+            (dev.device_type(), dev.avail_features() | VIRTIO_F_VERSION_1)
+        };
         MmioTransport {
             device,
+            device_type,
+            device_features,
             mem,
             interrupt,
             queues,
@@ -81,14 +92,14 @@ impl MmioTransport {
     }
 
     fn device_features(&self) -> u64 {
-        lock(&self.device).avail_features() | VIRTIO_F_VERSION_1
+        self.device_features
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
         match offset {
             0x00 => MAGIC_VALUE,
             0x04 => VERSION,
-            0x08 => lock(&self.device).device_type(),
+            0x08 => self.device_type,
             0x0c => VENDOR_ID,
             0x10 => match self.features_select {
                 0 => (self.device_features() & 0xffff_ffff) as u32,
@@ -113,6 +124,10 @@ impl MmioTransport {
         let queue_writable = self.status & STATUS_DRIVER_OK == 0;
         match offset {
             0x14 => self.features_select = value,
+            // Features are fixed once FEATURES_OK is set (virtio 1.2, 3.1.1).
+            0x20 if self.status & STATUS_FEATURES_OK != 0 => {
+                log::debug!("virtio-mmio: feature ack {value:#x} after FEATURES_OK ignored");
+            }
             0x20 => match self.acked_features_select {
                 // Only what the device offers can be acknowledged.
                 0 => {
@@ -164,11 +179,30 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        let mut value = value;
+        if value & STATUS_FEATURES_OK != 0
+            && self.status & STATUS_FEATURES_OK == 0
+            && !self.features_acceptable()
+        {
+            // Read back without FEATURES_OK: the driver must give up.
+            log::warn!(
+                "virtio-mmio: driver set FEATURES_OK with features {:#x}, which lack VIRTIO_F_VERSION_1; refused",
+                self.acked_features
+            );
+            value &= !STATUS_FEATURES_OK;
+        }
         let newly_ok = value & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
-        self.status = value;
-        if newly_ok && !self.activated {
+        // DEVICE_NEEDS_RESET is the device's bit: only a reset clears it.
+        self.status = value | (self.status & STATUS_DEVICE_NEEDS_RESET);
+        if newly_ok && !self.activated && self.status & STATUS_DEVICE_NEEDS_RESET == 0 {
             self.activate();
         }
+    }
+
+    /// herd's devices are modern only: a driver must accept VERSION_1
+    /// (what it acked is already limited to what was offered).
+    fn features_acceptable(&self) -> bool {
+        self.acked_features & VIRTIO_F_VERSION_1 != 0
     }
 
     fn activate(&mut self) {
@@ -388,6 +422,67 @@ mod tests {
         w(&mut t, 0x70, 0);
         assert_eq!(r(&mut t, 0x70), 0);
         assert!(!t.needs_reset());
+    }
+
+    fn ack_features(t: &mut MmioTransport, low: u32, high: u32) {
+        w(t, 0x24, 0);
+        w(t, 0x20, low);
+        w(t, 0x24, 1);
+        w(t, 0x20, high);
+    }
+
+    #[test]
+    fn features_ok_is_refused_without_version_1() {
+        let (mut t, dev) = setup();
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        ack_features(&mut t, 1 << 5, 0);
+        let driver = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK);
+        assert_eq!(
+            r(&mut t, 0x70) & STATUS_FEATURES_OK,
+            0,
+            "legacy driver accepted"
+        );
+        // A driver that carries on anyway does not get an active device.
+        set_up_queue(&mut t);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activations, 0);
+        assert!(t.needs_reset());
+    }
+
+    #[test]
+    fn features_cannot_change_after_features_ok() {
+        let (mut t, dev) = setup();
+        let driver = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        w(&mut t, 0x70, driver);
+        ack_features(&mut t, 0, 1);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK);
+        assert_ne!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        ack_features(&mut t, 1 << 5, 0);
+        set_up_queue(&mut t);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activations, 1);
+        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1);
+    }
+
+    #[test]
+    fn device_needs_reset_survives_status_writes_until_reset() {
+        let (mut t, dev) = setup();
+        let driver = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        // DRIVER_OK without a valid queue: the device fails...
+        w(&mut t, 0x70, driver);
+        ack_features(&mut t, 0, 1);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_ne!(r(&mut t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
+        // ...and a later status write must not clear it or activate it.
+        set_up_queue(&mut t);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK);
+        w(&mut t, 0x70, driver | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_ne!(r(&mut t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert!(t.needs_reset());
+        assert_eq!(dev.lock().unwrap().activations, 0);
+        w(&mut t, 0x70, 0);
+        assert_eq!(r(&mut t, 0x70), 0);
     }
 
     #[test]

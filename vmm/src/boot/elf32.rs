@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 const ELFCLASS32: u8 = 1;
 const ELFDATA2LSB: u8 = 1;
@@ -135,8 +135,10 @@ pub fn load(
             return Err(bad);
         }
         let seg_end = addr + u64::from(seg.memsz);
-        // The whole in-memory size must be guest RAM, not just the file part.
-        if mem.write_slice(&[], GuestAddress(seg_end - 1)).is_err() {
+        // The whole in-memory size must be guest RAM, not just the file part
+        // (the guest zeroes the rest itself and would write past RAM).
+        let memsz = usize::try_from(seg.memsz).map_err(|_| Elf32Error::Truncated)?;
+        if !mem.check_range(GuestAddress(addr), memsz, Permissions::Write) {
             return Err(bad);
         }
         let count = usize::try_from(seg.filesz).map_err(|_| Elf32Error::Truncated)?;
@@ -178,6 +180,69 @@ mod tests {
         ));
         assert_eq!(pvh_entry(&notes), Some(0x10_0040));
         assert_eq!(pvh_entry(&note(b"Xen\0", 5, &[0; 4])), None);
+    }
+
+    /// An i386 ELF with one PVH note and one PT_LOAD segment of `filesz`
+    /// file bytes and `memsz` bytes in memory at `paddr`.
+    fn elf32(paddr: u32, filesz: u32, memsz: u32) -> Vec<u8> {
+        let notes = note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &paddr.to_le_bytes());
+        let phoff = 52u32;
+        let notes_at = phoff + 2 * 32;
+        let data_at = notes_at + u32::try_from(notes.len()).unwrap();
+        let mut f = vec![0u8; 52];
+        f[..6].copy_from_slice(b"\x7fELF\x01\x01");
+        f[18..20].copy_from_slice(&EM_386.to_le_bytes());
+        f[28..32].copy_from_slice(&phoff.to_le_bytes());
+        f[42..44].copy_from_slice(&32u16.to_le_bytes());
+        f[44..46].copy_from_slice(&2u16.to_le_bytes());
+        let phdr = |kind: u32, offset: u32, paddr: u32, filesz: u32, memsz: u32| {
+            let mut p = vec![0u8; 32];
+            for (at, v) in [
+                (0, kind),
+                (4, offset),
+                (12, paddr),
+                (16, filesz),
+                (20, memsz),
+            ] {
+                p[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            p
+        };
+        let notes_len = u32::try_from(notes.len()).unwrap();
+        f.extend(phdr(PT_NOTE, notes_at, 0, notes_len, notes_len));
+        f.extend(phdr(PT_LOAD, data_at, paddr, filesz, memsz));
+        f.extend(notes);
+        f.extend(vec![0x90u8; usize::try_from(filesz).unwrap()]);
+        f
+    }
+
+    fn load_bytes(bytes: &[u8], mem: &GuestMemoryMmap) -> Result<Elf32Kernel, Elf32Error> {
+        let path =
+            std::env::temp_dir().join(format!("herd-elf32-{}-{}", std::process::id(), bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        let result = load(mem, &mut File::open(&path).unwrap(), 0x10_0000);
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    #[test]
+    fn segments_must_fit_guest_ram_including_their_bss() {
+        let ram = 0x40_0000u32; // 4 MiB
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let k = load_bytes(&elf32(0x10_0000, 16, 0x1000), &mem).unwrap();
+        assert_eq!(k.entry, GuestAddress(0x10_0000));
+        assert_eq!(k.end, 0x10_1000);
+        // The file part fits, the zeroed rest runs 4 KiB past the end of RAM.
+        let past = ram - 0x10_0000 + 0x1000;
+        assert_eq!(
+            load_bytes(&elf32(0x10_0000, 16, past), &mem).err(),
+            Some(Elf32Error::BadSegment {
+                addr: 0x10_0000,
+                size: u64::from(past)
+            })
+        );
+        // Exactly up to the last byte of RAM is fine.
+        assert!(load_bytes(&elf32(0x10_0000, 16, ram - 0x10_0000), &mem).is_ok());
     }
 
     #[test]

@@ -15,9 +15,22 @@ use devices::legacy::SerialDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
+use super::serial_input::{PendingInput, INPUT_CHUNK};
+
 /// The console log rotates when it would pass this size; one previous
 /// file (`.1`) is kept, so a log takes at most twice this on disk.
 pub const CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
+/// Overrides CONSOLE_LOG_MAX_BYTES (bytes, at least 4096), like docker's
+/// `max-size` log option.
+pub const CONSOLE_LOG_MAX_ENV: &str = "HERD_CONSOLE_LOG_MAX_BYTES";
+
+/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set and sane.
+pub fn console_log_max() -> u64 {
+    std::env::var(CONSOLE_LOG_MAX_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
+}
 
 /// Appends to `path`, moving it to `path.1` when it is full.
 pub struct RotatingLog {
@@ -149,7 +162,7 @@ pub struct ConsoleSocket {
     listener: UnixListener,
     client: Option<UnixStream>,
     hub: Arc<ConsoleHub>,
-    serial: Arc<Mutex<SerialDevice>>,
+    pending: PendingInput,
 }
 
 impl ConsoleSocket {
@@ -171,11 +184,12 @@ impl ConsoleSocket {
             listener,
             client: None,
             hub,
-            serial,
+            pending: PendingInput::new(serial, false)?,
         })
     }
 
     fn drop_client(&mut self, ops: &mut EventOps) {
+        self.pending.clear(ops);
         if let Some(client) = self.client.take() {
             let _ = ops.remove(Events::new(&client, EventSet::IN));
         }
@@ -190,6 +204,7 @@ impl ConsoleSocket {
             (Ok(()), Ok(reader)) => reader,
             _ => return,
         };
+        self.pending.clear(ops);
         if let Some(old) = self.client.take() {
             let _ = ops.remove(Events::new(&old, EventSet::IN));
         }
@@ -206,18 +221,15 @@ impl ConsoleSocket {
         let Some(client) = self.client.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; INPUT_CHUNK];
         match client.read(&mut buf) {
             Ok(0) => {
                 log::info!("console client detached");
                 self.drop_client(ops);
             }
             Ok(n) => {
-                let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-                let taken = serial.enqueue_input(&buf[..n]);
-                if taken < n {
-                    log::debug!("console: guest FIFO full, dropped {} bytes", n - taken);
-                }
+                let source = Events::new(&*client, EventSet::IN);
+                self.pending.offer(&buf[..n], source, ops);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -235,7 +247,11 @@ impl MutEventSubscriber for ConsoleSocket {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd: RawFd = events.fd();
-        if fd == self.listener.as_raw_fd() {
+        if self.pending.is_drained_event(&events) {
+            if let Some(client) = &self.client {
+                self.pending.retry(Events::new(client, EventSet::IN), ops);
+            }
+        } else if fd == self.listener.as_raw_fd() {
             self.accept(ops);
         } else if self.client.as_ref().map(AsRawFd::as_raw_fd) == Some(fd) {
             if events.event_set().contains(EventSet::IN) {

@@ -1,9 +1,9 @@
 //! Legacy devices on the port-I/O bus, the console backends behind the
-//! serial port, and the event-loop subscriber feeding host input to it.
+//! serial port, and the event-loop subscriber that turns stop requests and
+//! signals into a stop.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::console::{ConsoleHub, ConsoleTee, RotatingLog, CONSOLE_LOG_MAX_BYTES};
+use super::console::{console_log_max, ConsoleHub, ConsoleTee, RotatingLog};
+use super::console_out::{self, ConsoleWriter};
 use crate::config::ConsoleConfig;
 use crate::control::VmControl;
 use crate::panic_watch::PanicWatcher;
@@ -55,20 +56,21 @@ pub struct LegacyDevices {
     pub panic_message: Arc<Mutex<Option<String>>>,
     pub console_hub: Arc<ConsoleHub>,
     pub power_button: PowerButton,
+    /// Starts the console output thread, flushes it at teardown (None:
+    /// no output).
+    pub console_writer: Option<ConsoleWriter>,
 }
 
 fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
     Ok(match console {
         ConsoleConfig::Stdio => Box::new(std::io::stdout()),
         ConsoleConfig::None => Box::new(std::io::sink()),
-        ConsoleConfig::Log(path) => Box::new(
-            RotatingLog::open(path, CONSOLE_LOG_MAX_BYTES).map_err(|source| {
-                DeviceError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                }
-            })?,
-        ),
+        ConsoleConfig::Log(path) => Box::new(RotatingLog::open(path, console_log_max()).map_err(
+            |source| DeviceError::ConsoleFile {
+                path: path.clone(),
+                source,
+            },
+        )?),
         ConsoleConfig::File(path) => Box::new(
             OpenOptions::new()
                 .create(true)
@@ -91,18 +93,25 @@ pub fn create_legacy_devices(
 ) -> Result<LegacyDevices, DeviceError> {
     let panic_message = Arc::new(Mutex::new(None));
     let console_hub = Arc::new(ConsoleHub::default());
+    // The sink may block; the vCPU writing the serial port must not.
+    let (sink, console_writer): (Box<dyn Write + Send>, _) = match console {
+        ConsoleConfig::None => (Box::new(std::io::sink()), None),
+        _ => {
+            let (out, writer) = console_out::new(console_writer(console)?);
+            (Box::new(out), Some(writer))
+        }
+    };
     let tee = ConsoleTee {
-        sink: console_writer(console)?,
+        sink,
         hub: console_hub.clone(),
     };
     let out = PanicWatcher::new(tee, panic_message.clone());
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&irq, COM1_IRQ)
         .map_err(DeviceError::SerialIrq)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger::new(irq),
-        Box::new(out),
-    )));
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(EventFdTrigger::new(irq), Box::new(out)).map_err(DeviceError::EventFd)?,
+    ));
     let boot_timer = Arc::new(Mutex::new(None));
     let guest_ready = Arc::new(GuestReady::default());
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
@@ -138,6 +147,7 @@ pub fn create_legacy_devices(
         panic_message,
         console_hub,
         power_button,
+        console_writer,
     })
 }
 
@@ -158,88 +168,6 @@ fn attach_acpi_devices(
     vm.register_irqfd(&irq, POWER_BUTTON_GSI)
         .map_err(DeviceError::PowerButtonIrq)?;
     Ok(PowerButton::new(irq))
-}
-
-/// The console escape key: Ctrl-] (as telnet and `herd console`).
-pub const ESCAPE_KEY: u8 = 0x1d;
-
-/// Feeds host stdin to the guest's serial port. On a terminal, Ctrl-]
-/// stops the VM instead (gracefully; pressed again, at once).
-pub struct SerialInput {
-    serial: Arc<Mutex<SerialDevice>>,
-    input: RawFd,
-    escape: Option<(Arc<VmControl>, Duration)>,
-}
-
-impl SerialInput {
-    pub fn new(
-        serial: Arc<Mutex<SerialDevice>>,
-        input: RawFd,
-        escape: Option<(Arc<VmControl>, Duration)>,
-    ) -> Self {
-        SerialInput {
-            serial,
-            input,
-            escape,
-        }
-    }
-}
-
-impl MutEventSubscriber for SerialInput {
-    fn init(&mut self, ops: &mut EventOps) {
-        // Regular files and /dev/null cannot be polled; the guest simply
-        // gets no input then.
-        if let Err(e) = ops.add(Events::new_raw(self.input, EventSet::IN)) {
-            log::debug!("serial input: stdin is not pollable ({e:?}); guest gets no input");
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
-        // `buf` is valid for writes of its full length and
-        // `self.input` is a file descriptor this process owns (stdin).
-        // SAFETY: sound for the reasons just given.
-        let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), buf.len()) };
-        let n = match usize::try_from(n) {
-            Ok(0) => {
-                let _ = ops.remove(events);
-                return;
-            }
-            Ok(n) => n,
-            Err(_) => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted
-                    && err.kind() != std::io::ErrorKind::WouldBlock
-                {
-                    log::debug!("serial input: stdin read failed ({err}); stopping input");
-                    let _ = ops.remove(events);
-                }
-                return;
-            }
-        };
-        let mut input = &buf[..n];
-        if let Some((control, timeout)) = &self.escape {
-            if let Some(pos) = input.iter().position(|&b| b == ESCAPE_KEY) {
-                input = &input[..pos];
-                let method = control.power_off(
-                    *timeout,
-                    "Ctrl-] on the console",
-                    StopReason::HostRequest("stopped at once with Ctrl-] on the console".into()),
-                );
-                if method == crate::control::PowerOffMethod::AlreadyStopping {
-                    control.kill("Ctrl-] pressed again on the console");
-                }
-            }
-        }
-        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = serial.enqueue_input(input);
-        if taken < input.len() {
-            log::debug!(
-                "serial input: guest FIFO full, dropped {} bytes",
-                input.len() - taken
-            );
-        }
-    }
 }
 
 /// Wakes the event loop when someone asks the VM to stop, and turns

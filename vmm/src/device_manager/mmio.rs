@@ -76,6 +76,8 @@ pub struct MmioDeviceManager {
     pub bus: Bus,
     /// Devices to register with the event loop when the VM runs.
     pub subscribers: Vec<Subscriber>,
+    /// Devices whose backends may block: each gets an I/O thread.
+    pub io_subscribers: Vec<Subscriber>,
     attached: usize,
 }
 
@@ -124,6 +126,14 @@ impl MmioDeviceManager {
         self.subscribers.push(device);
         self.attached += 1;
         Ok(slot)
+    }
+
+    /// Serves the device attached last on an I/O thread of its own, not
+    /// on the main event loop: its backend may block (a disk).
+    pub fn serve_last_on_io_thread(&mut self) {
+        if let Some(device) = self.subscribers.pop() {
+            self.io_subscribers.push(device);
+        }
     }
 }
 

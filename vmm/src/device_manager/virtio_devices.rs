@@ -111,7 +111,11 @@ pub fn attach_all(
 ) -> Result<(), VirtioDeviceError> {
     for handle in handles {
         match handle {
-            VirtioDeviceHandle::Block(block) => mmio.attach(vm, mem, block)?,
+            VirtioDeviceHandle::Block(block) => {
+                let slot = mmio.attach(vm, mem, block)?;
+                mmio.serve_last_on_io_thread();
+                slot
+            }
             VirtioDeviceHandle::Net(net) => mmio.attach(vm, mem, net)?,
             VirtioDeviceHandle::Rng(rng) => mmio.attach(vm, mem, rng)?,
             VirtioDeviceHandle::Vsock(vsock) => mmio.attach(vm, mem, vsock)?,

@@ -188,6 +188,7 @@ impl Vcpu {
         if self.id == 0 {
             ctx.first_entry.get_or_init(Instant::now);
         }
+        let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         while !ctx.stop.is_requested() {
             if ctx.pause.is_requested() {
                 ctx.pause.park(&ctx.stop);
@@ -203,7 +204,23 @@ impl Vcpu {
                 }
                 Ok(exit) => {
                     self.exits.count(&exit);
-                    handle_exit(self.id, exit, &ctx.pio_bus, &ctx.mmio_bus)
+                    let io_size = match exit {
+                        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {
+                            // The kvm_run mapping lives as long as
+                            // `self.fd`; after an I/O exit the kernel
+                            // filled its `io` member, which lies before
+                            // the data the exit borrows, so this read
+                            // overlaps no reference.
+                            // SAFETY: sound for the reasons just given.
+                            usize::from(unsafe {
+                                std::ptr::read_volatile(std::ptr::addr_of!(
+                                    (*kvm_run).__bindgen_anon_1.io.size
+                                ))
+                            })
+                        }
+                        _ => 0,
+                    };
+                    handle_exit(self.id, exit, io_size, &ctx.pio_bus, &ctx.mmio_bus)
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.exits.count_interrupted();
@@ -292,17 +309,27 @@ pub enum VcpuAction {
 
 /// Decides what one VM exit means. Accesses nobody claims are ignored:
 /// writes vanish, reads see all ones, as on an empty bus.
-pub fn handle_exit(id: u8, exit: VcpuExit, pio: &Bus, mmio: &Bus) -> VcpuAction {
+///
+/// `io_size` is the width of one port access: string I/O (`rep outsb`)
+/// arrives as a single exit carrying count x size bytes, which the device
+/// must see as `count` separate accesses.
+pub fn handle_exit(id: u8, exit: VcpuExit, io_size: usize, pio: &Bus, mmio: &Bus) -> VcpuAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !pio.read(u64::from(port), data) {
-                data.fill(0xff);
-                log::debug!("vCPU {id}: read of unclaimed port {port:#x}");
+            let size = if io_size == 0 { data.len() } else { io_size };
+            for access in data.chunks_mut(size.max(1)) {
+                if !pio.read(u64::from(port), access) {
+                    access.fill(0xff);
+                    log::debug!("vCPU {id}: read of unclaimed port {port:#x}");
+                }
             }
         }
         VcpuExit::IoOut(port, data) => {
-            if !pio.write(u64::from(port), data) {
-                log::debug!("vCPU {id}: write {data:x?} to unclaimed port {port:#x}");
+            let size = if io_size == 0 { data.len() } else { io_size };
+            for access in data.chunks(size.max(1)) {
+                if !pio.write(u64::from(port), access) {
+                    log::debug!("vCPU {id}: write {access:x?} to unclaimed port {port:#x}");
+                }
             }
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -383,28 +410,63 @@ mod tests {
         let (pio, mmio) = buses();
         let out = [0x12u8, 0x34];
         assert_eq!(
-            handle_exit(0, VcpuExit::IoOut(0x80, &out), &pio, &mmio),
+            handle_exit(0, VcpuExit::IoOut(0x80, &out), 2, &pio, &mmio),
             VcpuAction::Continue
         );
         let mut data = [0u8; 2];
-        handle_exit(0, VcpuExit::IoIn(0x80, &mut data), &pio, &mmio);
+        handle_exit(0, VcpuExit::IoIn(0x80, &mut data), 2, &pio, &mmio);
         assert_eq!(data, out);
         let mut data = [0u8; 4];
-        handle_exit(0, VcpuExit::IoIn(0x3000, &mut data), &pio, &mmio);
+        handle_exit(0, VcpuExit::IoIn(0x3000, &mut data), 4, &pio, &mmio);
         assert_eq!(data, [0xff; 4]);
         let mut data = [0u8; 8];
-        handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &pio, &mmio);
+        handle_exit(
+            0,
+            VcpuExit::MmioRead(0xd000_0000, &mut data),
+            0,
+            &pio,
+            &mmio,
+        );
         assert_eq!(data, [0xff; 8]);
         assert_eq!(
-            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &pio, &mmio),
+            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), 0, &pio, &mmio),
             VcpuAction::Continue
         );
+    }
+
+    /// Records every access it sees.
+    #[derive(Default)]
+    struct Log(Vec<Vec<u8>>);
+    impl devices::BusDevice for Log {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0x60);
+            self.0.push(vec![0; data.len()]);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0.push(data.to_vec());
+        }
+    }
+
+    /// `rep outsb` / `rep insb` arrive as one exit of count x size bytes;
+    /// a one-byte port must see `count` one-byte accesses.
+    #[test]
+    fn string_port_io_is_one_access_per_element() {
+        let port = Arc::new(Mutex::new(Log::default()));
+        let mut pio = Bus::new();
+        pio.insert(port.clone(), 0x501, 1).unwrap();
+        let mmio = Bus::new();
+        handle_exit(0, VcpuExit::IoOut(0x501, &[42, 43, 44]), 1, &pio, &mmio);
+        assert_eq!(port.lock().unwrap().0, vec![vec![42], vec![43], vec![44]]);
+        let mut data = [0u8; 4];
+        handle_exit(0, VcpuExit::IoIn(0x501, &mut data), 1, &pio, &mmio);
+        assert_eq!(data, [0x60; 4]);
+        assert_eq!(port.lock().unwrap().0.len(), 7);
     }
 
     #[test]
     fn crashes_and_resets_stop_the_vm() {
         let (pio, mmio) = buses();
-        match handle_exit(1, VcpuExit::Shutdown, &pio, &mmio) {
+        match handle_exit(1, VcpuExit::Shutdown, 0, &pio, &mmio) {
             VcpuAction::Stop(StopReason::GuestCrash(msg)) => assert!(msg.contains("triple fault")),
             other => panic!("{other:?}"),
         }
@@ -412,17 +474,18 @@ mod tests {
             handle_exit(
                 0,
                 VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                0,
                 &pio,
                 &mmio
             ),
             VcpuAction::Stop(StopReason::GuestReset)
         );
         assert!(matches!(
-            handle_exit(0, VcpuExit::InternalError, &pio, &mmio),
+            handle_exit(0, VcpuExit::InternalError, 0, &pio, &mmio),
             VcpuAction::Stop(StopReason::GuestCrash(_))
         ));
         assert!(matches!(
-            handle_exit(0, VcpuExit::FailEntry(7, 0), &pio, &mmio),
+            handle_exit(0, VcpuExit::FailEntry(7, 0), 0, &pio, &mmio),
             VcpuAction::Stop(StopReason::KvmFailure(_))
         ));
     }

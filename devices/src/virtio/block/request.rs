@@ -1,11 +1,13 @@
 //! Descriptor chain → typed request. Pure: reads the 16-byte header from
 //! guest memory and checks addresses, never touches the disk.
 //!
-//! Layout accepted (what Linux sends): a device-readable header descriptor
-//! of exactly 16 bytes, then data descriptors (device-writable for IN and
-//! GET_ID, device-readable for OUT), then a device-writable status
-//! descriptor. The status byte is the last byte of that descriptor, as in
-//! the spec's `struct virtio_blk_req`.
+//! Any descriptor layout is accepted (VIRTIO_F_VERSION_1 lets the driver
+//! split `struct virtio_blk_req` anywhere, virtio 1.2, 2.7.4): the
+//! device-readable bytes come first and are the 16-byte header followed,
+//! for OUT, by the data; the device-writable bytes follow and are, for IN
+//! and GET_ID, the data followed by the status byte, which is always the
+//! last writable byte. Linux sends header, data and status in separate
+//! descriptors, which is one such layout.
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -74,8 +76,12 @@ pub enum RequestError {
     MissingStatus,
     #[error("request header descriptor is device-writable")]
     HeaderWritable,
-    #[error("request header descriptor is {0} bytes, expected 16")]
+    #[error(
+        "the device-readable part of the request is {0} bytes, shorter than its 16-byte header"
+    )]
     HeaderLength(u32),
+    #[error("descriptor {0} is device-readable but follows a device-writable one")]
+    ReadableAfterWritable(usize),
     #[error("request header at {0:#x} is outside guest memory")]
     HeaderAddress(u64),
     #[error("status descriptor is not device-writable")]
@@ -138,12 +144,28 @@ impl Request {
         if last_has_next {
             return Err(RequestError::BrokenLink);
         }
-        let (header, rest) = descs.split_first().ok_or(RequestError::EmptyChain)?;
-        let (status, data) = rest.split_last().ok_or(RequestError::MissingStatus)?;
+        let first = descs.first().ok_or(RequestError::EmptyChain)?;
+        if first.is_write_only() {
+            return Err(RequestError::HeaderWritable);
+        }
+        let split = descs
+            .iter()
+            .position(Descriptor::is_write_only)
+            .unwrap_or(descs.len());
+        let (readable, writable) = descs.split_at(split);
+        if let Some(i) = writable.iter().position(|d| !d.is_write_only()) {
+            return Err(RequestError::ReadableAfterWritable(split + i));
+        }
+        if writable.is_empty() {
+            return Err(if descs.len() == 1 {
+                RequestError::MissingStatus
+            } else {
+                RequestError::StatusReadOnly
+            });
+        }
 
-        let (kind, sector) = read_header(mem, header)?;
-        let status_addr = status_byte(mem, status)?;
-
+        let (kind, sector, out_data) = read_header(mem, readable)?;
+        let (status_addr, in_data) = status_byte(mem, writable, split)?;
         let mut request = Request {
             kind,
             sector,
@@ -151,32 +173,33 @@ impl Request {
             data_len: 0,
             status_addr,
         };
-        if let Some(writable) = kind.data_writable() {
-            request.data.reserve_exact(data.len());
-            for (i, desc) in data.iter().enumerate() {
-                if desc.is_write_only() != writable {
-                    return Err(RequestError::DataDirection {
-                        // Position in the chain, header = 0.
-                        index: i + 1,
-                        kind,
-                        writable: desc.is_write_only(),
-                    });
-                }
-                let access = if writable {
-                    Permissions::Write
-                } else {
-                    Permissions::Read
-                };
-                if !in_memory(mem, desc.addr(), desc.len(), access) {
-                    return Err(RequestError::DataAddress {
-                        addr: desc.addr().raw_value(),
-                        len: desc.len(),
-                    });
-                }
-                // Cannot overflow: bounded by `total` above.
-                request.data_len = request.data_len.saturating_add(desc.len());
-                request.data.push((desc.addr(), desc.len()));
+        let (data, unexpected) = match kind.data_writable() {
+            Some(true) => (in_data, out_data),
+            Some(false) => (out_data, in_data),
+            None => return Ok(request),
+        };
+        if let Some(&(index, _, _)) = unexpected.first() {
+            return Err(RequestError::DataDirection {
+                index,
+                kind,
+                writable: descs.get(index).is_some_and(Descriptor::is_write_only),
+            });
+        }
+        let access = match kind.data_writable() {
+            Some(true) => Permissions::Write,
+            _ => Permissions::Read,
+        };
+        request.data.reserve_exact(data.len());
+        for (_, addr, len) in data {
+            if !in_memory(mem, addr, len, access) {
+                return Err(RequestError::DataAddress {
+                    addr: addr.raw_value(),
+                    len,
+                });
             }
+            // Cannot overflow: bounded by `total` above.
+            request.data_len = request.data_len.saturating_add(len);
+            request.data.push((addr, len));
         }
         Ok(request)
     }
@@ -217,41 +240,76 @@ fn in_memory(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32, access: Permis
     }
 }
 
+/// A piece of a descriptor: its index in the chain, address and length.
+type Piece = (usize, GuestAddress, u32);
+
+/// Reads the 16-byte header from the start of the device-readable
+/// descriptors (it may span several); returns the request type, the sector
+/// and the readable bytes after the header (OUT data), piece by piece.
 fn read_header(
     mem: &GuestMemoryMmap,
-    header: &Descriptor,
-) -> Result<(RequestKind, u64), RequestError> {
-    if header.is_write_only() {
-        return Err(RequestError::HeaderWritable);
+    readable: &[Descriptor],
+) -> Result<(RequestKind, u64, Vec<Piece>), RequestError> {
+    let mut raw = [0u8; HEADER_LEN as usize];
+    let mut filled = 0usize;
+    let mut rest = Vec::new();
+    for (index, desc) in readable.iter().enumerate() {
+        // Cannot fail: a descriptor length is a u32.
+        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
+        let take = len.min(raw.len() - filled);
+        if take > 0 {
+            mem.read_slice(&mut raw[filled..filled + take], desc.addr())
+                .map_err(|_| RequestError::HeaderAddress(desc.addr().raw_value()))?;
+            filled += take;
+        }
+        if take < len {
+            let skip = u32::try_from(take).unwrap_or(HEADER_LEN);
+            let addr = desc
+                .addr()
+                .checked_add(u64::from(skip))
+                .ok_or(RequestError::HeaderAddress(desc.addr().raw_value()))?;
+            rest.push((index, addr, desc.len() - skip));
+        }
     }
-    // Exactly 16: a longer header would mean data packed into it, which we
-    // would otherwise silently ignore.
-    if header.len() != HEADER_LEN {
-        return Err(RequestError::HeaderLength(header.len()));
+    if filled < raw.len() {
+        return Err(RequestError::HeaderLength(
+            u32::try_from(filled).unwrap_or(0),
+        ));
     }
-    let mut raw = [0u8; 16];
-    mem.read_slice(&mut raw, header.addr())
-        .map_err(|_| RequestError::HeaderAddress(header.addr().raw_value()))?;
     let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = raw;
     let request_type = u32::from_le_bytes([t0, t1, t2, t3]);
     let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
-    Ok((RequestKind::from_type(request_type), sector))
+    Ok((RequestKind::from_type(request_type), sector, rest))
 }
 
-fn status_byte(mem: &GuestMemoryMmap, status: &Descriptor) -> Result<GuestAddress, RequestError> {
-    if !status.is_write_only() {
-        return Err(RequestError::StatusReadOnly);
-    }
-    let last = status
-        .len()
-        .checked_sub(1)
-        .ok_or(RequestError::StatusEmpty)?;
+/// The status byte is the last device-writable byte; the writable bytes
+/// before it (IN and GET_ID data) are returned piece by piece, with their
+/// index in the whole chain (`base` is the index of `writable[0]`).
+fn status_byte(
+    mem: &GuestMemoryMmap,
+    writable: &[Descriptor],
+    base: usize,
+) -> Result<(GuestAddress, Vec<Piece>), RequestError> {
+    let Some(last_index) = writable.iter().rposition(|d| d.len() > 0) else {
+        return Err(RequestError::StatusEmpty);
+    };
+    let status = &writable[last_index];
     let bad = || RequestError::StatusAddress(status.addr().raw_value(), status.len());
+    let last = status.len() - 1;
     let addr = status.addr().checked_add(u64::from(last)).ok_or_else(bad)?;
     if !in_memory(mem, addr, 1, Permissions::Write) {
         return Err(bad());
     }
-    Ok(addr)
+    let mut data: Vec<Piece> = writable[..last_index]
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.len() > 0)
+        .map(|(i, d)| (base + i, d.addr(), d.len()))
+        .collect();
+    if last > 0 {
+        data.push((base + last_index, status.addr(), last));
+    }
+    Ok((addr, data))
 }
 
 #[cfg(test)]

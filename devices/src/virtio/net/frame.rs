@@ -9,8 +9,9 @@
 use std::io;
 use std::num::Wrapping;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::{count, NetMetrics, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
 
@@ -32,6 +33,8 @@ pub(super) enum TxDrop {
     BadAddress,
     #[error("its descriptors loop or run past the queue size")]
     BrokenLink,
+    #[error("it uses an indirect descriptor table, which herd never offers")]
+    Indirect,
 }
 
 /// A queue problem that makes the device unusable until the driver resets it.
@@ -45,22 +48,40 @@ pub(super) enum NetQueueError {
     Memory(vm_memory::GuestMemoryError),
 }
 
-/// Copies the frame a transmit chain describes into `buf`: all descriptors
-/// must be device-readable, inside guest memory, and add up to at most
-/// `buf.len()` bytes. Returns the frame length (header included).
+/// Descriptor flags (virtio 1.2, 2.7.5).
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+const DESCRIPTOR_SIZE: u64 = 16;
+
+/// Copies the frame the chain at `head` describes into `buf`: all
+/// descriptors must be device-readable, direct (herd never offers
+/// VIRTIO_RING_F_INDIRECT_DESC, so it never follows an indirect table),
+/// inside guest memory, and add up to at most `buf.len()` bytes. The walk
+/// is capped at `queue_size` descriptors, so a loop ends too. Returns the
+/// frame length (header included).
 pub(super) fn read_tx_frame(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    desc_table: GuestAddress,
+    queue_size: u16,
+    head: u16,
     buf: &mut [u8],
 ) -> Result<usize, TxDrop> {
     let mut len = 0usize;
-    // The chain iterator stops at the queue size (or indirect table size)
-    // without an error, so a looping chain ends too; its last descriptor
-    // then still points onwards, which no well-formed chain does.
-    let mut still_linked = false;
-    for desc in chain {
-        still_linked = desc.has_next();
-        if desc.is_write_only() {
+    let mut index = head;
+    for _ in 0..queue_size {
+        if index >= queue_size {
+            return Err(TxDrop::BrokenLink);
+        }
+        let at = desc_table
+            .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
+            .ok_or(TxDrop::BadAddress)?;
+        let desc: Descriptor = mem.read_obj(at).map_err(|_| TxDrop::BadAddress)?;
+        let flags = desc.flags();
+        if flags & VRING_DESC_F_INDIRECT != 0 {
+            return Err(TxDrop::Indirect);
+        }
+        if flags & VRING_DESC_F_WRITE != 0 {
             return Err(TxDrop::WriteOnly);
         }
         let end = usize::try_from(desc.len())
@@ -71,14 +92,16 @@ pub(super) fn read_tx_frame(
         mem.read_slice(&mut buf[len..end], desc.addr())
             .map_err(|_| TxDrop::BadAddress)?;
         len = end;
+        if flags & VRING_DESC_F_NEXT == 0 {
+            if len < VNET_HDR_LEN + MIN_FRAME_LEN {
+                return Err(TxDrop::TooShort);
+            }
+            return Ok(len);
+        }
+        index = desc.next();
     }
-    if still_linked {
-        return Err(TxDrop::BrokenLink);
-    }
-    if len < VNET_HDR_LEN + MIN_FRAME_LEN {
-        return Err(TxDrop::TooShort);
-    }
-    Ok(len)
+    // Still linked after as many descriptors as the ring holds: a loop.
+    Err(TxDrop::BrokenLink)
 }
 
 /// What one pass over the transmit queue did.
@@ -113,7 +136,8 @@ pub(super) fn process_tx_queue(
             let next = queue.iter(mem)?.next();
             let Some(chain) = next else { break };
             let head = chain.head_index();
-            match read_tx_frame(mem, chain, buf) {
+            let table = GuestAddress(queue.desc_table());
+            match read_tx_frame(mem, table, queue.size(), head, buf) {
                 Ok(len) => match send(&buf[..len]) {
                     Ok(_) => {
                         count(&metrics.tx_frames, 1);

@@ -1,0 +1,57 @@
+//! Device backends that may block (disk images: a hung NFS mount, a frozen
+//! filesystem) run on an event loop of their own, one thread per device.
+//! Blocking file I/O there cannot delay the main event loop, so the stop
+//! path, the NIC and every other device keep working; the VMM never waits
+//! for such a thread when it stops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+use crate::seccomp::{SeccompFilters, ThreadKind};
+
+/// How often an idle I/O thread looks at its stop flag.
+const STOP_POLL_MS: i32 = 100;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Asks its thread to end when dropped, without waiting for it: a thread
+/// stuck in a system call is left to the process exit.
+pub struct IoThread {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Runs `subscriber` on a new thread called `name`.
+pub fn spawn(
+    name: String,
+    subscriber: Subscriber,
+    seccomp: Option<Arc<SeccompFilters>>,
+) -> std::io::Result<IoThread> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut events: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    events.add_subscriber(subscriber);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some(Err(e)) = seccomp.as_ref().map(|f| f.install(ThreadKind::Vmm)) {
+                log::error!("{name}: {e}; the device stops working");
+                return;
+            }
+            while !flag.load(Ordering::Acquire) {
+                if let Err(e) = events.run_with_timeout(STOP_POLL_MS) {
+                    log::error!("{name}: event loop failed: {e:?}; the device stops working");
+                    return;
+                }
+            }
+        })?;
+    Ok(IoThread { stop })
+}
