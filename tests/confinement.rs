@@ -1,12 +1,12 @@
 //! Confinement, checked from outside on the local /dev/kvm with probe
-//! guests: with `--seccomp` every herd thread runs under its seccomp
-//! filter, a forbidden system call ends herd with status 159 naming the call
-//! and the thread (through the test-only trigger port that only test builds
-//! have), and without it (the default for now) no thread is filtered. As
-//! root (as these tests run in CI) `--jail` jails herd: its VM process sees
-//! only the jail,
-//! runs as the unprivileged `herd` user with no capabilities, holds no host
-//! file but the VM's, and bad jail inputs are clear errors.
+//! guests: by default every herd thread runs under its seccomp filter, a
+//! forbidden system call ends herd with status 159 naming the call and the
+//! thread (through the test-only trigger port that only test builds have),
+//! and with `--no-seccomp` no thread is filtered and herd says so loudly.
+//! As root (as these tests run in CI) herd jails itself by default: its VM
+//! process sees only the jail, runs as the unprivileged `herd` user with no
+//! capabilities, holds no host file but the VM's, a named appliance stays
+//! reachable from outside, and bad jail inputs are clear errors.
 
 mod support;
 
@@ -28,10 +28,14 @@ fn kvm_present() -> bool {
     herd_run::kvm_present("confinement")
 }
 
-/// Jail and seccomp are opt-in for now: every confinement test asks for
-/// both, except those about the defaults (`plain_herd_cmd`).
+/// herd with its defaults: jailed (as root) and filtered.
 fn herd_cmd(action: &str, extra: &[&str]) -> Command {
-    let mut cmd = plain_herd_cmd(action, &["--jail", "--seccomp"]);
+    plain_herd_cmd(action, extra)
+}
+
+/// herd with every confinement turned off.
+fn unconfined_herd_cmd(action: &str, extra: &[&str]) -> Command {
+    let mut cmd = plain_herd_cmd(action, &["--no-seccomp", "--no-jail"]);
     cmd.args(extra);
     cmd
 }
@@ -153,7 +157,7 @@ fn thread_seccomp_modes(pid: u32) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_thread_runs_filtered_with_seccomp() {
+fn every_thread_runs_filtered_by_default() {
     if !kvm_present() {
         return;
     }
@@ -169,11 +173,11 @@ fn every_thread_runs_filtered_with_seccomp() {
 }
 
 #[test]
-fn threads_are_unfiltered_by_default() {
+fn no_seccomp_leaves_threads_unfiltered_and_says_so() {
     if !kvm_present() {
         return;
     }
-    let mut herd = Spinning::spawn(plain_herd_cmd("spin", &["--cpus", "2"]));
+    let mut herd = Spinning::spawn(unconfined_herd_cmd("spin", &["--cpus", "2"]));
     let modes = thread_seccomp_modes(vm_process(herd.pid()));
     let out = herd.finish();
     assert!(
@@ -181,6 +185,57 @@ fn threads_are_unfiltered_by_default() {
         "{modes:?}\n{out}"
     );
     assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}\n{out}");
+    assert!(
+        out.contains("herd: WARNING: --no-seccomp: seccomp filters are OFF"),
+        "{out}"
+    );
+}
+
+/// A named appliance's API thread (and its connection threads) run under
+/// their filter too, and every control command works through it.
+#[test]
+fn named_appliance_api_threads_are_filtered_too() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = scratch("api");
+    let runtime = dir.0.join("run");
+    let mut cmd = herd_cmd("spin", &["--name", "filtered"]);
+    cmd.env("HERD_RUNTIME", &runtime);
+    let mut herd = Spinning::spawn(cmd);
+    let control = |args: &[&str]| {
+        Command::new(herd_bin())
+            .args(args)
+            .env("HERD_RUNTIME", &runtime)
+            .output()
+            .expect("run herd")
+    };
+    let metrics = control(&["inspect", "filtered"]);
+    let paused = control(&["pause", "filtered"]);
+    let resumed = control(&["resume", "filtered"]);
+    let ps = control(&["ps", "--json"]);
+    let modes = thread_seccomp_modes(vm_process(herd.pid()));
+    let stopped = control(&["stop", "filtered", "--timeout", "1"]);
+    let out = herd.finish();
+    for (what, o) in [
+        ("inspect", &metrics),
+        ("pause", &paused),
+        ("resume", &resumed),
+        ("ps", &ps),
+        ("stop", &stopped),
+    ] {
+        assert!(
+            o.status.success(),
+            "herd {what}: {}\n{}\n{out}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("\"herd_rss_bytes\""), "{ps}\n{out}");
+    assert!(modes.iter().any(|(n, _)| n == "herd-api"), "{modes:?}");
+    assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}\n{out}");
+    assert!(!out.contains("seccomp: thread"), "{out}");
 }
 
 #[test]
@@ -210,10 +265,9 @@ fn trigger_is_harmless_without_filters() {
         return;
     }
     // Proves the trigger really makes the call: without filters herd lives
-    // on and the probe reports that (exit 1). --no-seccomp and --no-jail
-    // are accepted no-ops.
+    // on and the probe reports that (exit 1).
     let run = herd_run::run_with_timeout(
-        plain_herd_cmd("seccomp-trigger", &["--no-seccomp", "--no-jail"]),
+        unconfined_herd_cmd("seccomp-trigger", &[]),
         TIMEOUT,
         "herd with the seccomp trigger, unfiltered",
     );
@@ -288,8 +342,11 @@ fn tree(dir: &Path) -> Vec<String> {
             .flatten()
         {
             let p = e.path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            // The jail's own procfs: only its own process, checked apart.
+            let descend = rel != "proc";
+            out.push(rel);
+            if descend && e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             }
         }
@@ -362,7 +419,7 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
         // Its root holds the VM's files and devices and nothing else.
         let root = PathBuf::from(format!("/proc/{vm}/root"));
         let kernel = probe_path(PROBE).canonicalize().unwrap();
-        let mut want: Vec<String> = ["dev", "dev/kvm"].map(String::from).to_vec();
+        let mut want: Vec<String> = ["dev", "dev/kvm", "proc"].map(String::from).to_vec();
         for file in [
             &kernel,
             &ro.canonicalize().unwrap(),
@@ -380,6 +437,16 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
         want.dedup();
         assert_eq!(tree(&root), want);
         assert!(!root.join("etc/passwd").exists());
+        // Its /proc shows its own process alone, and no kernel files.
+        let procs: Vec<String> = fs::read_dir(root.join("proc"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.parse::<u32>().is_ok_and(|pid| pid == 1))
+            .collect();
+        let mut procs = procs;
+        procs.sort();
+        assert_eq!(procs, ["self", "thread-self"]);
 
         // Read-only where the VM only reads.
         let mounts = fs::read_to_string(format!("/proc/{vm}/mountinfo")).unwrap();
@@ -405,6 +472,8 @@ fn jailed_vm_sees_only_its_files_as_the_herd_user() {
                 || t.starts_with("socket:")
                 || t == "/dev/null"
                 || t == "/dev/kvm"
+                // Its own memory map, in the jail's procfs (metrics).
+                || t.ends_with("/proc/1/smaps")
                 || allowed.contains(&target);
             assert!(ok, "fd {:?} -> {t}", fd.file_name());
         }
@@ -472,16 +541,6 @@ fn cgroup_parent_that_is_not_a_cgroup_is_a_clear_error() {
 }
 
 #[test]
-fn jail_with_a_name_is_refused_for_now() {
-    if !jail_testable() {
-        return;
-    }
-    let run = herd_fails(&["--name", "twin"]);
-    assert_bad_input(&run, "--jail cannot be combined with --name yet");
-}
-
-#[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn live_jail_directory_is_refused() {
     if !jail_testable() {
         return;
@@ -489,17 +548,35 @@ fn live_jail_directory_is_refused() {
     let dir = scratch("live");
     let jails = dir.0.join("jails");
     let jails = jails.to_str().unwrap();
-    let mut first = Spinning::start(&["--name", "twin", "--jail-dir", jails]);
-    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
+    // Two runtime directories (so the name's own lock does not refuse the
+    // second first), one jail directory.
+    let with_runtime = |mut cmd: Command, which: &str| {
+        cmd.env("HERD_RUNTIME", dir.0.join(which));
+        cmd
+    };
+    let mut first = Spinning::spawn(with_runtime(
+        herd_cmd("spin", &["--name", "twin", "--jail-dir", jails]),
+        "run-a",
+    ));
+    let second = || {
+        herd_run::run_with_timeout(
+            with_runtime(
+                herd_cmd("exit:0", &["--name", "twin", "--jail-dir", jails]),
+                "run-b",
+            ),
+            TIMEOUT,
+            "a second twin",
+        )
+    };
+    let run = second();
     let out = first.finish();
     assert_bad_input(&run, "belongs to a running appliance named \"twin\"");
     // Once the first is gone the name is free again.
-    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
+    let run = second();
     assert_eq!(run.code(), Some(0), "{}\n{out}", run.dump());
 }
 
 #[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn kernel_that_cannot_be_bound_is_a_clear_error() {
     if !jail_testable() {
         return;
@@ -512,7 +589,8 @@ fn kernel_that_cannot_be_bound_is_a_clear_error() {
     let kernel = root.join("kernel.elf");
     fs::copy(probe_path(PROBE), &kernel).unwrap();
     let mut cmd = Command::new(herd_bin());
-    cmd.args(["run", "--jail", "--name", "hidden", "--jail-dir"])
+    cmd.args(["run", "--name", "hidden", "--jail-dir"])
+        .env("HERD_RUNTIME", dir.0.join("run"))
         .arg(dir.0.join("jails"))
         .arg("--kernel")
         .arg(&kernel)
@@ -534,7 +612,7 @@ fn unprivileged_herd_says_once_that_the_jail_needs_root() {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=herd", "--regid=herd", "--clear-groups", "--"])
         .arg(herd_bin())
-        .args(["run", "--jail", "--kernel"])
+        .args(["run", "--kernel"])
         .arg(probe_path(PROBE))
         .args(["--cmdline", "probe.action=exit:0"])
         .stdin(Stdio::null())
@@ -546,7 +624,7 @@ fn unprivileged_herd_says_once_that_the_jail_needs_root() {
         lines,
         [
             "herd: jail off: namespaces, a cgroup and a uid drop need root; running \
-          without it (drop --jail to silence this)"
+             unjailed, under seccomp only (--no-jail silences this)"
         ],
         "{}",
         run.dump()

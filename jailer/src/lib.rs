@@ -79,6 +79,17 @@ pub enum JailError {
         what: String,
         source: std::io::Error,
     },
+    /// Setting up the jail failed in the forked child: the caller is that
+    /// child, whose inherited descriptors may already be closed.
+    #[error(transparent)]
+    InChild(Box<JailError>),
+}
+
+impl JailError {
+    /// Whether the caller is the forked child (see [`JailError::InChild`]).
+    pub fn in_child(&self) -> bool {
+        matches!(self, JailError::InChild(_))
+    }
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> JailError {
@@ -187,7 +198,7 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
             // it must not close them again on drop.
             std::mem::forget(dir);
             let netns = netns.map(IntoRawFd::into_raw_fd);
-            confine(config, cgroup.as_ref(), netns)?;
+            confine(config, cgroup.as_ref(), netns).map_err(|e| JailError::InChild(Box::new(e)))?;
             Ok(Side::Jailed(Jailed {
                 user: config.user.clone(),
             }))

@@ -64,6 +64,13 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_epoll_wait,
     libc::SYS_fdatasync,
     libc::SYS_fsync,
+    // The console log, rotated by descriptor (see VCPU).
+    libc::SYS_ftruncate,
+    // A stopped named appliance removes its pid file and sockets: the
+    // one path operation after the filters, deleting only (no open, no
+    // rename); in a jail it reaches only the jail's writable binds.
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_preadv,
@@ -75,7 +82,13 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_writev,
 ];
 
-const VCPU: &[libc::c_long] = &[libc::SYS_read];
+const VCPU: &[libc::c_long] = &[
+    libc::SYS_read,
+    // Rotating the console log: copied to its `.1` file by descriptor.
+    libc::SYS_ftruncate,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+];
 
 const API: &[libc::c_long] = &[
     libc::SYS_accept4,
@@ -84,16 +97,22 @@ const API: &[libc::c_long] = &[
     libc::SYS_clone3,
     libc::SYS_getsockopt,
     libc::SYS_rseq,
+    // std's thread spawn sizes its stack from the CPU affinity.
+    libc::SYS_sched_getaffinity,
     libc::SYS_set_robust_list,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
+    // Metrics re-read /proc/self/smaps, opened before the filter.
+    libc::SYS_pread64,
     libc::SYS_read,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_shutdown,
+    // Pausing kicks the vCPU threads out of KVM_RUN.
+    libc::SYS_tgkill,
 ];
 
 /// The ioctl requests each kind may make, on any fd.
@@ -147,10 +166,12 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
     rules.insert(libc::SYS_mmap, vec![arg_lacks(2, no_exec)?]);
     rules.insert(libc::SYS_mprotect, vec![arg_lacks(2, no_exec)?]);
     // std checks an fd is open (F_GETFD) when it takes ownership of it;
-    // the API server makes accepted connections non-blocking.
+    // the API server makes accepted connections non-blocking and clones
+    // them.
     let mut fcntl = vec![libc::F_GETFD];
     if kind == ThreadKind::Api {
-        fcntl.extend([libc::F_GETFL, libc::F_SETFL]);
+        // F_DUPFD_CLOEXEC: try_clone, a reader beside the writer.
+        fcntl.extend([libc::F_GETFL, libc::F_SETFL, libc::F_DUPFD_CLOEXEC]);
     }
     let fcntl = fcntl
         .into_iter()
@@ -163,9 +184,19 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
             rules.insert(libc::SYS_socket, vec![arg_is(0, unix)?]);
         }
         ThreadKind::Api => {
-            // Naming the connection threads.
-            let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or(u64::MAX);
-            rules.insert(libc::SYS_prctl, vec![arg_is(0, set_name)?]);
+            // Naming the connection threads, which read their name back
+            // for a violation's message.
+            let name_ops = [libc::PR_SET_NAME, libc::PR_GET_NAME]
+                .into_iter()
+                .map(|op| arg_is(0, u64::try_from(op).unwrap_or(u64::MAX)))
+                .collect::<Result<_, _>>()?;
+            rules.insert(libc::SYS_prctl, name_ops);
+            // Read and write timeouts on each connection.
+            let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+                .into_iter()
+                .map(|opt| arg_is(2, u64::try_from(opt).unwrap_or(u64::MAX)))
+                .collect::<Result<_, _>>()?;
+            rules.insert(libc::SYS_setsockopt, timeouts);
         }
         ThreadKind::Vcpu => {}
     }

@@ -125,6 +125,12 @@ thread_local! {
         const { Cell::new((ThreadKind::Vmm, [0; THREAD_NAME_LEN])) };
 }
 
+/// For a thread that inherited `kind`'s filter from the thread that
+/// started it: lets a violation name it and its filter correctly.
+pub fn note_inherited(kind: ThreadKind) {
+    remember_thread(kind);
+}
+
 fn remember_thread(kind: ThreadKind) {
     let mut name = [0u8; THREAD_NAME_LEN];
     // PR_GET_NAME writes at most 16 bytes (NUL included) into the
@@ -171,7 +177,7 @@ fn violation_line(line: &mut StackLine, nr: i64, kind: ThreadKind, thread: &[u8]
     let _ = writeln!(
         line,
         "herd: error: seccomp: thread {thread} ({kind} filter) made the forbidden system call \
-         {} ({nr}); stopping herd with exit status {EXIT_BAD_SYSCALL} (run without --seccomp to turn the \
+         {} ({nr}); stopping herd with exit status {EXIT_BAD_SYSCALL} (--no-seccomp turns the \
          filters off for debugging)",
         syscall_name(nr)
     );
