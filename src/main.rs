@@ -330,15 +330,16 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             ),
         );
     }
-    if args.no_seccomp {
-        eprintln!("{NO_SECCOMP_WARNING}");
-    }
     if args.detach {
         let name = args.name.as_deref().unwrap_or_default();
         if let Err(e) = appliance::runtime_dir::validate_name(name) {
             return fail(EXIT_BAD_INPUT, e);
         }
         return appliance::detach::launch(name);
+    }
+    // Once per appliance: a detached one says it in its own herd.
+    if args.no_seccomp {
+        eprintln!("{NO_SECCOMP_WARNING}");
     }
     let mut named = match appliance::named_run::NamedRun::claim_if_named(args.name.as_deref()) {
         Ok(named) => named,

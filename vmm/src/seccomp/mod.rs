@@ -84,6 +84,7 @@ pub struct SeccompFilters {
 impl SeccompFilters {
     /// Compiles every kind's allow-list for this host's architecture.
     pub fn compile() -> Result<Self, SeccompError> {
+        cap_malloc_arenas();
         Ok(SeccompFilters {
             vmm: filters::compile(ThreadKind::Vmm)?,
             vcpu: filters::compile(ThreadKind::Vcpu)?,
@@ -114,6 +115,18 @@ pub fn add_test_trigger(bus: devices::Bus) -> devices::Bus {
     #[cfg(feature = "seccomp-test-trigger")]
     let bus = test_trigger::attach(bus);
     bus
+}
+
+/// glibc's malloc, the first time a thread needs a new arena past its
+/// test count, counts the CPUs by opening /sys/devices/system/cpu/online:
+/// a filtered thread may not open files. With a cap on arenas it never
+/// counts. Eight is plenty for herd's few threads.
+fn cap_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc tunable; no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    }
 }
 
 const THREAD_NAME_LEN: usize = 16;
