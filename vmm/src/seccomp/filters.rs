@@ -59,6 +59,9 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_getsockopt,
     libc::SYS_shutdown,
+    // vsock: the muxer's timer (handshake timeouts, retries).
+    libc::SYS_timerfd_gettime,
+    libc::SYS_timerfd_settime,
     // Console socket clients and vsock peers.
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
