@@ -22,7 +22,7 @@ Exit status:
   137  the kernel killed the jailed appliance: out of its cgroup's memory
        (128 + N: another signal N killed it)
   159  seccomp: a herd thread made a system call its filter forbids; stderr
-       names the call and the thread (only with --seccomp)
+       names the call and the thread (filters are on unless --no-seccomp)
 Guests that report through the exit device should avoid 2-4 if callers must
 tell their codes from herd's own.";
 

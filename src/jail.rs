@@ -1,6 +1,7 @@
 //! `herd run`'s jail: decides whether to confine the appliance (on by
-//! default when herd is root), turns the VM's inputs into the jailer's
-//! bind list, and reports how a jailed appliance ended.
+//! default when herd is root), turns the VM's inputs (and a named
+//! appliance's runtime directory) into the jailer's bind list, and reports
+//! how a jailed appliance ended.
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -22,18 +23,20 @@ const PIDS_BESIDES_VCPUS: u64 = 16;
 
 #[derive(Args, Debug)]
 pub struct JailArgs {
-    /// Confine the appliance in a jail (namespaces, pivot_root, cgroup,
-    /// uid drop); needs root. Opt-in for now.
+    /// Confine the appliance in a jail: namespaces, pivot_root into a
+    /// directory holding only its files, a cgroup, rlimits, the --jail-user
+    /// uid. The default when herd runs as root; others get one line saying
+    /// the jail needs root.
     #[arg(long)]
     pub jail: bool,
-    /// The default (no jail); accepted for compatibility.
-    #[arg(long, hide = true, conflicts_with = "jail")]
+    /// Run the appliance unjailed, as the user who started herd.
+    #[arg(long, conflicts_with = "jail")]
     pub no_jail: bool,
     /// The unprivileged user the jailed appliance runs as: a name or UID:GID.
     #[arg(long, value_name = "USER", default_value = "herd")]
     pub jail_user: String,
     /// Where per-appliance jail directories live
-    /// [default: ${HERD_RUNTIME:-/run/herd}/jail].
+    /// [default: ${HERD_RUNTIME:-/run/herd}/.jail].
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
     /// Join this network namespace (e.g. /run/netns/NAME) before the VM's
@@ -82,6 +85,14 @@ pub enum JailSetupError {
     },
 }
 
+impl JailSetupError {
+    /// The caller is the jailed child, whose inherited descriptors the
+    /// jailer already closed.
+    pub fn in_jailed_child(&self) -> bool {
+        matches!(self, JailSetupError::Jail(e) if e.in_child())
+    }
+}
+
 /// What `enter` left the caller as.
 pub enum Entered {
     /// No jail: carry on in this process.
@@ -92,22 +103,23 @@ pub enum Entered {
     Supervisor(jailer::Supervisor),
 }
 
-/// Jails the appliance when asked and able to, rewriting the config's paths
-/// to the absolute ones bound into the jail. Call while single-threaded.
+/// Jails the appliance unless told not to or unable to, rewriting the
+/// config's paths to the absolute ones bound into the jail. A named
+/// appliance's `runtime_dir` (control and console sockets, logs) is bound
+/// in at its own path and handed to the jail's user, so `herd ps`, `stop`,
+/// `logs` and `console` reach it from outside. Call while single-threaded.
 pub fn enter(
     args: &JailArgs,
     config: &mut VmConfig,
     keep_fds: &[RawFd],
+    runtime_dir: Option<&Path>,
 ) -> Result<Entered, JailSetupError> {
-    if !args.jail {
+    if args.no_jail {
         return Ok(Entered::Unjailed);
     }
     // SAFETY: geteuid has no failure modes or pointers.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "herd: jail off: namespaces, a cgroup and a uid drop need root; running \
-             without it (drop --jail to silence this)"
-        );
+        eprintln!("{JAIL_NEEDS_ROOT}");
         return Ok(Entered::Unjailed);
     }
     let user = JailUser::lookup(&args.jail_user)?;
@@ -115,7 +127,15 @@ pub fn enter(
         Some(name) => valid_name(name)?,
         None => format!("herd-{}", std::process::id()),
     };
-    let binds = bind_list(config)?;
+    let mut binds = bind_list(config)?;
+    if let Some(dir) = runtime_dir {
+        let dir = absolute("runtime directory", dir)?;
+        hand_over(&dir, &user)?;
+        binds.push(Bind {
+            path: dir,
+            writable: true,
+        });
+    }
     let mut devices = vec![PathBuf::from("/dev/kvm")];
     if !config.nets.is_empty() {
         devices.push(PathBuf::from("/dev/net/tun"));
@@ -140,10 +160,38 @@ pub fn enter(
     })
 }
 
+/// What an unprivileged herd says once per run.
+pub const JAIL_NEEDS_ROOT: &str = "herd: jail off: namespaces, a cgroup and a uid drop need \
+     root; running unjailed, under seccomp only (--no-jail silences this)";
+
+/// Beside the appliances' runtime directories; no appliance name starts
+/// with a dot, so none can claim it.
 fn default_jail_dir() -> PathBuf {
-    std::env::var_os("HERD_RUNTIME")
-        .map_or_else(|| PathBuf::from("/run/herd"), PathBuf::from)
-        .join("jail")
+    crate::appliance::runtime_dir::base_dir().join(".jail")
+}
+
+/// Gives the runtime directory to the jail's user: after the uid drop herd
+/// still writes there (console log rotation, herd.log, the boot report)
+/// and removes its sockets. The lock stays root's, held by the supervisor.
+fn hand_over(dir: &Path, user: &JailUser) -> Result<(), JailSetupError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JailSetupError::Path {
+            what: "runtime directory",
+            path,
+            source,
+        }
+    };
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(err(dir))?;
+    // herd.log exists before the supervisor (root) appends to it, so the
+    // jailed herd (the jail's user) can append to it as well.
+    let log = dir.join(crate::appliance::runtime_dir::HERD_LOG);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(err(&log))?;
+    std::os::unix::fs::chown(&log, Some(user.uid), Some(user.gid)).map_err(err(&log))
 }
 
 fn valid_name(name: &str) -> Result<String, JailSetupError> {
@@ -201,6 +249,22 @@ fn bind_list(config: &mut VmConfig) -> Result<Vec<Bind>, JailSetupError> {
                 source,
             })?;
         bind("console file", path, true)?;
+    }
+    if let Some(socket) = &mut config.vsock {
+        // The socket does not exist yet: herd creates it, and host
+        // programs' PATH_<port> sockets, in its directory.
+        let parent = socket
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = absolute("--vsock directory", parent)?;
+        if let Some(file) = socket.file_name() {
+            *socket = dir.join(file);
+        }
+        binds.push(Bind {
+            path: dir,
+            writable: true,
+        });
     }
     Ok(binds)
 }

@@ -20,6 +20,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vmm::{ConsoleConfig, StopReason, VmConfig};
 
+use crate::appliance::named_run::NamedRun;
+
 use crate::exit_status::{
     EXIT_BAD_INPUT, EXIT_GUEST_CRASH, EXIT_HOST_FAILURE, EXIT_OK, EXIT_STATUS_HELP,
 };
@@ -155,7 +157,8 @@ struct RunArgs {
     /// A virtio-vsock device whose host side is the Unix socket PATH
     /// (guest CID 3): host programs connect to PATH and write
     /// `CONNECT <port>\n` (herd answers `OK <n>\n`); guest connections to
-    /// CID 2 port P reach the Unix socket PATH_P.
+    /// CID 2 port P reach the Unix socket PATH_P. A jailed herd sees
+    /// PATH's directory (bound into the jail, writable): give it its own.
     #[arg(long, value_name = "PATH")]
     vsock: Option<PathBuf>,
     /// No virtio-rng device (by default the guest gets one, fed by the
@@ -170,12 +173,13 @@ struct RunArgs {
     /// slow, meant for CI and demos.
     #[arg(long)]
     emulated_host: bool,
-    /// Confine each herd thread with a seccomp allow-list (a forbidden call
-    /// stops herd with status 159). Opt-in for now.
-    #[arg(long)]
+    /// The default: each herd thread runs under a seccomp allow-list (a
+    /// forbidden call stops herd with status 159); accepted for scripts.
+    #[arg(long, hide = true, conflicts_with = "no_seccomp")]
     seccomp: bool,
-    /// The default (no seccomp filters); accepted for compatibility.
-    #[arg(long, hide = true, conflicts_with = "seccomp")]
+    /// Run without seccomp filters, for debugging only: any system call
+    /// is allowed to a guest that escapes into herd. herd says so loudly.
+    #[arg(long)]
     no_seccomp: bool,
     #[command(flatten)]
     jail: jail::JailArgs,
@@ -294,6 +298,19 @@ fn fail(status: u8, message: impl std::fmt::Display) -> u8 {
     status
 }
 
+/// In the jailed child: the jailer closed every inherited descriptor but
+/// `keep_fds`; the supervisor holds the slot's and the runtime directory's
+/// locks for the appliance's life.
+fn forget_closed_fds(slot: &mut Option<vm_slots::VmSlot>, named: Option<&mut NamedRun>) {
+    std::mem::forget(slot.take());
+    if let Some(named) = named {
+        named.enter_jail();
+    }
+}
+
+const NO_SECCOMP_WARNING: &str = "herd: WARNING: --no-seccomp: seccomp filters are OFF; a guest \
+     that escapes into herd may make any system call. For debugging only.";
+
 fn run(args: RunArgs, process_start: Instant) -> u8 {
     init_logging(args.log_level);
     let Some(kernel) = args.kernel.clone() else {
@@ -311,20 +328,16 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             ),
         );
     }
-    if args.jail.jail && (args.name.is_some() || args.detach) {
-        return fail(
-            EXIT_BAD_INPUT,
-            "--jail cannot be combined with --name yet: a named appliance's runtime \
-             directory (control API, console socket) is not bound into the jail; drop \
-             --jail or --name",
-        );
-    }
     if args.detach {
         let name = args.name.as_deref().unwrap_or_default();
         if let Err(e) = appliance::runtime_dir::validate_name(name) {
             return fail(EXIT_BAD_INPUT, e);
         }
         return appliance::detach::launch(name);
+    }
+    // Once per appliance: a detached one says it in its own herd.
+    if args.no_seccomp {
+        eprintln!("{NO_SECCOMP_WARNING}");
     }
     let mut named = match appliance::named_run::NamedRun::claim_if_named(args.name.as_deref()) {
         Ok(named) => named,
@@ -358,7 +371,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         vsock: args.vsock,
     };
     // Held until the VM has stopped (HERD_MAX_VMS).
-    let _slot = match vm_slots::take() {
+    let mut slot = match vm_slots::take() {
         Ok(slot) => slot,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
@@ -381,13 +394,34 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
     if let Err(e) = config.validate() {
         return fail(EXIT_BAD_INPUT, e);
     }
-    let keep_fds: Vec<_> = boot_report.iter().map(AsRawFd::as_raw_fd).collect();
-    let jailed = match jail::enter(&args.jail, &mut config, &keep_fds) {
-        Ok(jail::Entered::Supervisor(supervisor)) => return jail::supervise(supervisor),
-        Ok(jail::Entered::Jailed(jailed)) => Some(jailed),
+    let mut keep_fds: Vec<_> = boot_report.iter().map(AsRawFd::as_raw_fd).collect();
+    keep_fds.extend(named.iter().flat_map(NamedRun::keep_fds));
+    keep_fds.extend(appliance::systemd::connect());
+    let runtime_dir = named.as_ref().map(|n| n.dir().to_owned());
+    let jailed = match jail::enter(&args.jail, &mut config, &keep_fds, runtime_dir.as_deref()) {
+        Ok(jail::Entered::Supervisor(supervisor)) => {
+            if let Some(named) = &named {
+                named.supervise_quietly();
+            }
+            let status = jail::supervise(supervisor);
+            if let Some(named) = named {
+                named.after_jailed_child();
+            }
+            return status;
+        }
+        Ok(jail::Entered::Jailed(jailed)) => {
+            forget_closed_fds(&mut slot, named.as_mut());
+            Some(jailed)
+        }
         Ok(jail::Entered::Unjailed) => None,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
+        Err(e) => {
+            if e.in_jailed_child() {
+                forget_closed_fds(&mut slot, named.as_mut());
+            }
+            return fail(EXIT_BAD_INPUT, e);
+        }
     };
+    let _slot = slot;
     let mut vmm = match vmm::build_vm(&config, process_start) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -400,18 +434,20 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
         }
     };
     vmm.set_stop_timeout(std::time::Duration::from_secs_f64(args.stop_timeout));
-    if let Some(named) = &named {
+    // The VM's files and devices are open: nothing below needs root. Before
+    // any thread starts: glibc makes every thread repeat a uid change,
+    // which a filtered thread may not.
+    if let Some(Err(e)) = jailed.map(jailer::Jailed::drop_privileges) {
+        return fail(EXIT_HOST_FAILURE, e);
+    }
+    // Before the control API starts: its thread installs its own filter.
+    if args.no_seccomp {
+        vmm.disable_seccomp();
+    }
+    if let Some(named) = named.as_mut() {
         if let Err(e) = named.attach(&mut vmm, &config) {
             return fail(EXIT_HOST_FAILURE, e);
         }
-    }
-    // Opt-in for now (see the README): off unless --seccomp.
-    if !args.seccomp {
-        vmm.disable_seccomp();
-    }
-    // The VM's files and devices are open: nothing below needs root.
-    if let Some(Err(e)) = jailed.map(jailer::Jailed::drop_privileges) {
-        return fail(EXIT_HOST_FAILURE, e);
     }
     let raw_terminal = (config.console == ConsoleConfig::Stdio)
         .then(terminal::RawTerminal::enable)
@@ -450,7 +486,7 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
             eprintln!("herd: error: {description}");
             // Tell a broken guest from a KVM that cannot deliver interrupts
             // (the check builds a VM, which the filters forbid).
-            if args.seccomp {
+            if !args.no_seccomp {
                 eprintln!(
                     "herd: hint: `herd check-kvm` tells whether this host's KVM can run Linux \
                      guests at all"

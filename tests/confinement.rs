@@ -1,17 +1,17 @@
 //! Confinement, checked from outside on the local /dev/kvm with probe
-//! guests: with `--seccomp` every herd thread runs under its seccomp
-//! filter, a forbidden system call ends herd with status 159 naming the call
-//! and the thread (through the test-only trigger port that only test builds
-//! have), and without it (the default for now) no thread is filtered. As
-//! root (as these tests run in CI) `--jail` jails herd: its VM process sees
-//! only the jail,
-//! runs as the unprivileged `herd` user with no capabilities, holds no host
-//! file but the VM's, and bad jail inputs are clear errors.
+//! guests: by default every herd thread runs under its seccomp filter, a
+//! forbidden system call ends herd with status 159 naming the call and the
+//! thread (through the test-only trigger port that only test builds have),
+//! and with `--no-seccomp` no thread is filtered and herd says so loudly.
+//! As root (as these tests run in CI) herd jails itself by default: its VM
+//! process sees only the jail, runs as the unprivileged `herd` user with no
+//! capabilities, holds no host file but the VM's, a named appliance stays
+//! reachable from outside, and bad jail inputs are clear errors.
 
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,10 +28,14 @@ fn kvm_present() -> bool {
     herd_run::kvm_present("confinement")
 }
 
-/// Jail and seccomp are opt-in for now: every confinement test asks for
-/// both, except those about the defaults (`plain_herd_cmd`).
+/// herd with its defaults: jailed (as root) and filtered.
 fn herd_cmd(action: &str, extra: &[&str]) -> Command {
-    let mut cmd = plain_herd_cmd(action, &["--jail", "--seccomp"]);
+    plain_herd_cmd(action, extra)
+}
+
+/// herd with every confinement turned off.
+fn unconfined_herd_cmd(action: &str, extra: &[&str]) -> Command {
+    let mut cmd = plain_herd_cmd(action, &["--no-seccomp", "--no-jail"]);
     cmd.args(extra);
     cmd
 }
@@ -153,7 +157,7 @@ fn thread_seccomp_modes(pid: u32) -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_thread_runs_filtered_with_seccomp() {
+fn every_thread_runs_filtered_by_default() {
     if !kvm_present() {
         return;
     }
@@ -169,11 +173,11 @@ fn every_thread_runs_filtered_with_seccomp() {
 }
 
 #[test]
-fn threads_are_unfiltered_by_default() {
+fn no_seccomp_leaves_threads_unfiltered_and_says_so() {
     if !kvm_present() {
         return;
     }
-    let mut herd = Spinning::spawn(plain_herd_cmd("spin", &["--cpus", "2"]));
+    let mut herd = Spinning::spawn(unconfined_herd_cmd("spin", &["--cpus", "2"]));
     let modes = thread_seccomp_modes(vm_process(herd.pid()));
     let out = herd.finish();
     assert!(
@@ -181,6 +185,57 @@ fn threads_are_unfiltered_by_default() {
         "{modes:?}\n{out}"
     );
     assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}\n{out}");
+    assert!(
+        out.contains("herd: WARNING: --no-seccomp: seccomp filters are OFF"),
+        "{out}"
+    );
+}
+
+/// A named appliance's API thread (and its connection threads) run under
+/// their filter too, and every control command works through it.
+#[test]
+fn named_appliance_api_threads_are_filtered_too() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = scratch("api");
+    let runtime = dir.0.join("run");
+    let mut cmd = herd_cmd("spin", &["--name", "filtered"]);
+    cmd.env("HERD_RUNTIME", &runtime);
+    let mut herd = Spinning::spawn(cmd);
+    let control = |args: &[&str]| {
+        Command::new(herd_bin())
+            .args(args)
+            .env("HERD_RUNTIME", &runtime)
+            .output()
+            .expect("run herd")
+    };
+    let metrics = control(&["inspect", "filtered"]);
+    let paused = control(&["pause", "filtered"]);
+    let resumed = control(&["resume", "filtered"]);
+    let ps = control(&["ps", "--json"]);
+    let modes = thread_seccomp_modes(vm_process(herd.pid()));
+    let stopped = control(&["stop", "filtered", "--timeout", "1"]);
+    let out = herd.finish();
+    for (what, o) in [
+        ("inspect", &metrics),
+        ("pause", &paused),
+        ("resume", &resumed),
+        ("ps", &ps),
+        ("stop", &stopped),
+    ] {
+        assert!(
+            o.status.success(),
+            "herd {what}: {}\n{}\n{out}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("\"herd_rss_bytes\""), "{ps}\n{out}");
+    assert!(modes.iter().any(|(n, _)| n == "herd-api"), "{modes:?}");
+    assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}\n{out}");
+    assert!(!out.contains("seccomp: thread"), "{out}");
 }
 
 #[test]
@@ -210,10 +265,9 @@ fn trigger_is_harmless_without_filters() {
         return;
     }
     // Proves the trigger really makes the call: without filters herd lives
-    // on and the probe reports that (exit 1). --no-seccomp and --no-jail
-    // are accepted no-ops.
+    // on and the probe reports that (exit 1).
     let run = herd_run::run_with_timeout(
-        plain_herd_cmd("seccomp-trigger", &["--no-seccomp", "--no-jail"]),
+        unconfined_herd_cmd("seccomp-trigger", &[]),
         TIMEOUT,
         "herd with the seccomp trigger, unfiltered",
     );
@@ -226,31 +280,6 @@ fn trigger_is_harmless_without_filters() {
     );
 }
 
-// ---------------------------------------------------------------- jail --
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no failure modes.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The jail tests need root (herd jails only then) and the jail's user.
-fn jail_testable() -> bool {
-    if !kvm_present() {
-        return false;
-    }
-    if !is_root() {
-        herd_run::skip_notice("not root", "jail tests in confinement");
-        return false;
-    }
-    let out = Command::new("id").arg("herd").output().expect("run id");
-    assert!(
-        out.status.success(),
-        "the jail's user is missing: useradd --system --no-create-home --shell \
-         /usr/sbin/nologin herd (.ci/run does this)"
-    );
-    true
-}
-
 fn scratch(name: &str) -> TempDir {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("confinement-{}-{name}", std::process::id()));
@@ -258,382 +287,30 @@ fn scratch(name: &str) -> TempDir {
     TempDir(dir)
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("read status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{field}:"))
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn herd_ids() -> (String, String) {
-    let id = |flag| {
-        let out = Command::new("id").args([flag, "herd"]).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    (id("-u"), id("-g"))
-}
-
-/// Every entry under `dir`, as paths relative to it (not following
-/// links or crossing into bound directories' contents).
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d)
-            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-            .flatten()
-        {
-            let p = e.path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
+/// vsock's host side (accepting, reading `CONNECT`, its timer) runs on the
+/// filtered event loop: a host client must not trip the filter.
 #[test]
-fn jailed_vm_sees_only_its_files_as_the_herd_user() {
-    if !jail_testable() {
+fn vsock_host_client_under_the_filters() {
+    if !kvm_present() {
         return;
     }
-    let dir = scratch("jail");
-    let (ro, rw) = (dir.0.join("base.img"), dir.0.join("data.img"));
-    fs::write(&ro, vec![0u8; 1 << 20]).unwrap();
-    fs::write(&rw, vec![0u8; 1 << 20]).unwrap();
-    let jail_dir = dir.0.join("jails");
-    let mut herd = Spinning::start(&[
-        "--jail-dir",
-        jail_dir.to_str().unwrap(),
-        "--file-size-limit",
-        "64",
-        "--disk",
-        &format!("{}:ro", ro.display()),
-        "--disk",
-        rw.to_str().unwrap(),
-    ]);
-    let (herd_pid, vm) = (herd.pid(), vm_process(herd.pid()));
-    let result = std::panic::catch_unwind(|| {
-        assert_ne!(vm, herd_pid, "a jailed VM runs in a child of herd");
-        // New PID namespace: the VM process is its pid 1.
-        assert!(
-            status_field(vm, "NSpid").ends_with("\t1"),
-            "{}",
-            status_field(vm, "NSpid")
-        );
-        let (uid, gid) = herd_ids();
-        assert_eq!(status_field(vm, "Uid"), [uid.as_str(); 4].join("\t"));
-        assert_eq!(status_field(vm, "Gid"), [gid.as_str(); 4].join("\t"));
-        assert_eq!(status_field(vm, "Groups"), "");
-        assert_eq!(status_field(vm, "CapEff"), "0000000000000000");
-        assert_eq!(status_field(vm, "CapPrm"), "0000000000000000");
-        assert_eq!(status_field(vm, "NoNewPrivs"), "1");
-        // rlimits: open files, file size (--file-size-limit), no core dumps.
-        let limits = fs::read_to_string(format!("/proc/{vm}/limits")).unwrap();
-        let limit = |name: &str| {
-            let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
-            line[name.len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned()
-        };
-        assert_eq!(limit("Max open files"), "2048", "{limits}");
-        assert_eq!(
-            limit("Max file size"),
-            (64u64 << 20).to_string(),
-            "{limits}"
-        );
-        assert_eq!(limit("Max core file size"), "0", "{limits}");
-        // A cleared environment, down to the strings herd started with.
-        let environ = fs::read(format!("/proc/{vm}/environ")).unwrap();
-        assert!(
-            environ.iter().all(|&b| b == 0),
-            "{}",
-            String::from_utf8_lossy(&environ)
-        );
-
-        // Its root holds the VM's files and devices and nothing else.
-        let root = PathBuf::from(format!("/proc/{vm}/root"));
-        let kernel = probe_path(PROBE).canonicalize().unwrap();
-        let mut want: Vec<String> = ["dev", "dev/kvm"].map(String::from).to_vec();
-        for file in [
-            &kernel,
-            &ro.canonicalize().unwrap(),
-            &rw.canonicalize().unwrap(),
-        ] {
-            let mut p = file.strip_prefix("/").unwrap().to_path_buf();
-            loop {
-                want.push(p.display().to_string());
-                if !p.pop() || p.as_os_str().is_empty() {
-                    break;
-                }
-            }
-        }
-        want.sort();
-        want.dedup();
-        assert_eq!(tree(&root), want);
-        assert!(!root.join("etc/passwd").exists());
-
-        // Read-only where the VM only reads.
-        let mounts = fs::read_to_string(format!("/proc/{vm}/mountinfo")).unwrap();
-        let opts = |path: &Path| {
-            let path = path.canonicalize().unwrap();
-            mounts
-                .lines()
-                .find(|l| l.split_whitespace().nth(4) == path.to_str())
-                .map(|l| l.split_whitespace().nth(5).unwrap().to_owned())
-                .unwrap_or_else(|| panic!("{} not mounted in the jail:\n{mounts}", path.display()))
-        };
-        assert!(opts(&ro).starts_with("ro,"), "{}", opts(&ro));
-        assert!(opts(&kernel).starts_with("ro,"), "{}", opts(&kernel));
-        assert!(opts(&rw).starts_with("rw,"), "{}", opts(&rw));
-
-        // No host file open but the VM's own.
-        let allowed = [ro.canonicalize().unwrap(), rw.canonicalize().unwrap()];
-        for fd in fs::read_dir(format!("/proc/{vm}/fd")).unwrap().flatten() {
-            let target = fs::read_link(fd.path()).unwrap();
-            let t = target.display().to_string();
-            let ok = t.starts_with("pipe:")
-                || t.starts_with("anon_inode:")
-                || t.starts_with("socket:")
-                || t == "/dev/null"
-                || t == "/dev/kvm"
-                || allowed.contains(&target);
-            assert!(ok, "fd {:?} -> {t}", fd.file_name());
-        }
+    let dir = scratch("vsock");
+    let socket = dir.0.join("v.sock");
+    let mut herd = Spinning::start(&["--vsock", socket.to_str().unwrap()]);
+    let answer = std::os::unix::net::UnixStream::connect(&socket).map(|mut s| {
+        use std::io::{Read, Write};
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let _ = s.write_all(b"CONNECT 5000\n");
+        let mut answer = String::new();
+        // The probe has no vsock driver: herd closes the connection.
+        let _ = s.read_to_string(&mut answer);
+        answer
     });
     let out = herd.finish();
-    if let Err(panic) = result {
-        eprintln!("{out}");
-        std::panic::resume_unwind(panic);
-    }
-    let left: Vec<_> = fs::read_dir(&jail_dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "jail directory left behind: {left:?}\n{out}"
-    );
+    assert!(answer.is_ok(), "{answer:?}\n{out}");
+    assert!(!out.contains("seccomp: thread"), "{out}");
+    assert!(out.contains("stopped by signal 15"), "{out}");
 }
 
-fn herd_fails(extra: &[&str]) -> support::herd_run::Run {
-    herd_run::run_with_timeout(
-        herd_cmd("exit:0", extra),
-        TIMEOUT,
-        "herd with bad jail input",
-    )
-}
-
-fn assert_bad_input(run: &support::herd_run::Run, want: &str) {
-    assert_eq!(run.code(), Some(2), "{}", run.dump());
-    assert!(run.stderr.contains(want), "want {want:?}\n{}", run.dump());
-    assert!(
-        !run.stdout.contains("probe:"),
-        "the VM started\n{}",
-        run.dump()
-    );
-}
-
-#[test]
-fn unknown_jail_user_is_a_clear_error() {
-    if !jail_testable() {
-        return;
-    }
-    let run = herd_fails(&["--jail-user", "no-such-herd-user"]);
-    assert_bad_input(&run, "user \"no-such-herd-user\" does not exist: create");
-}
-
-#[test]
-fn cgroup_parent_that_is_not_a_cgroup_is_a_clear_error() {
-    if !jail_testable() {
-        return;
-    }
-    let dir = scratch("cgroup");
-    let run = herd_fails(&["--cgroup-parent", dir.0.join("herd").to_str().unwrap()]);
-    assert_bad_input(&run, "not a cgroup v2 directory");
-    // A cgroup v2 directory without the controllers (a hybrid host's
-    // unified hierarchy, as on our CI machine) is refused the same way.
-    let hybrid = Path::new("/sys/fs/cgroup/unified");
-    if hybrid.join("cgroup.controllers").exists()
-        && !fs::read_to_string(hybrid.join("cgroup.controllers"))
-            .unwrap()
-            .contains("memory")
-    {
-        let run = herd_fails(&["--cgroup-parent", "/sys/fs/cgroup/unified/herd"]);
-        assert_bad_input(&run, "does not offer the memory, cpu, pids controller(s)");
-    }
-}
-
-#[test]
-fn jail_with_a_name_is_refused_for_now() {
-    if !jail_testable() {
-        return;
-    }
-    let run = herd_fails(&["--name", "twin"]);
-    assert_bad_input(&run, "--jail cannot be combined with --name yet");
-}
-
-#[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
-fn live_jail_directory_is_refused() {
-    if !jail_testable() {
-        return;
-    }
-    let dir = scratch("live");
-    let jails = dir.0.join("jails");
-    let jails = jails.to_str().unwrap();
-    let mut first = Spinning::start(&["--name", "twin", "--jail-dir", jails]);
-    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
-    let out = first.finish();
-    assert_bad_input(&run, "belongs to a running appliance named \"twin\"");
-    // Once the first is gone the name is free again.
-    let run = herd_fails(&["--name", "twin", "--jail-dir", jails]);
-    assert_eq!(run.code(), Some(0), "{}\n{out}", run.dump());
-}
-
-#[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
-fn kernel_that_cannot_be_bound_is_a_clear_error() {
-    if !jail_testable() {
-        return;
-    }
-    // A kernel inside the jail's own mount point is hidden by the jail's
-    // tmpfs, so it cannot be bound into it.
-    let dir = scratch("unbindable");
-    let root = dir.0.join("jails/hidden/root");
-    fs::create_dir_all(&root).unwrap();
-    let kernel = root.join("kernel.elf");
-    fs::copy(probe_path(PROBE), &kernel).unwrap();
-    let mut cmd = Command::new(herd_bin());
-    cmd.args(["run", "--jail", "--name", "hidden", "--jail-dir"])
-        .arg(dir.0.join("jails"))
-        .arg("--kernel")
-        .arg(&kernel)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let run = herd_run::run_with_timeout(cmd, TIMEOUT, "herd with an unbindable kernel");
-    assert_bad_input(&run, &format!("cannot bind {}", kernel.display()));
-}
-
-#[test]
-fn unprivileged_herd_says_once_that_the_jail_needs_root() {
-    if !jail_testable() {
-        return;
-    }
-    // As the herd user (no root, no capabilities). /dev/kvm may well be
-    // root-only here, so the VM itself may not start; the line must come
-    // first either way.
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=herd", "--regid=herd", "--clear-groups", "--"])
-        .arg(herd_bin())
-        .args(["run", "--jail", "--kernel"])
-        .arg(probe_path(PROBE))
-        .args(["--cmdline", "probe.action=exit:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let run = herd_run::run_with_timeout(cmd, TIMEOUT, "herd as the herd user");
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("jail")).collect();
-    assert_eq!(
-        lines,
-        [
-            "herd: jail off: namespaces, a cgroup and a uid drop need root; running \
-          without it (drop --jail to silence this)"
-        ],
-        "{}",
-        run.dump()
-    );
-    let kvm_usable = run.code() == Some(0);
-    assert!(
-        kvm_usable || run.stderr.contains("cannot open /dev/kvm"),
-        "{}",
-        run.dump()
-    );
-}
-
-/// A network namespace made for one test, removed on drop.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new(tag: &str) -> TestNetns {
-        let name = format!("herd-cf-{tag}-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "ip netns add {name}");
-        TestNetns(name)
-    }
-
-    fn has_link(&self, link: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, "ip", "link", "show", link])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-#[test]
-fn jail_joins_the_given_network_namespace() {
-    if !jail_testable() {
-        return;
-    }
-    let ns = TestNetns::new("ns");
-    let tap = format!("cf{}", std::process::id() % 100_000);
-    let mut herd = Spinning::start(&[
-        "--netns",
-        &format!("/run/netns/{}", ns.0),
-        "--net",
-        &format!("tap={tap}"),
-    ]);
-    // herd made the TAP inside the namespace it joined, not on the host.
-    let (in_ns, on_host) = (
-        ns.has_link(&tap),
-        Path::new("/sys/class/net").join(&tap).exists(),
-    );
-    let out = herd.finish();
-    assert!(
-        in_ns && !on_host,
-        "TAP {tap}: in netns {in_ns}, on host {on_host}\n{out}"
-    );
-}
-
-#[test]
-fn sigterm_right_after_start_stops_a_jailed_herd() {
-    if !jail_testable() {
-        return;
-    }
-    // The jailed VM process is pid 1 of its namespace, which drops signals
-    // it has no handler for yet: an early SIGTERM must still stop it.
-    for delay_ms in [1, 3, 10, 30] {
-        let mut child = herd_cmd("spin", &[]).spawn().expect("spawn herd");
-        let out = drain(child.stdout.take().expect("stdout"));
-        let err = drain(child.stderr.take().expect("stderr"));
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own, not yet reaped, child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = herd_run::wait_until(
-            &mut child,
-            std::time::Instant::now() + Duration::from_secs(5),
-        );
-        let (out, err) = (out.join().unwrap(), err.join().unwrap());
-        assert!(
-            status.is_some(),
-            "SIGTERM {delay_ms} ms after start was lost\n{out}\n{err}"
-        );
-    }
-}
+#[path = "confinement/jail.rs"]
+mod jail;

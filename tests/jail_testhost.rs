@@ -4,7 +4,7 @@
 //! each test checks its part of it:
 //!
 //! - `web` (the shipped web personality: root image, data disk, NIC on a
-//!   bridge) runs jailed by default; from outside, its VM process runs as
+//!   bridge) runs jailed and filtered by default (no flags); from outside, its VM process runs as
 //!   the `herd` user in its own cgroup with the limits herd set, sees only
 //!   the jail, has every thread under seccomp, and serves its page by IP;
 //! - `hog`, a Linux guest that fills 200 MiB of tmpfs with memory.max at
@@ -31,7 +31,7 @@ cd /guest || exit 1
 mkfifo /tmp/web.in
 herd net create appnet --subnet 10.20.0.1/24
 say "net create status=$?"
-CPU=0 bg_guest web /tmp/web herd run --jail --seccomp --name web --root base.erofs --disk web.img --kernel vmlinux --net tap=web,bridge=appnet 0<>/tmp/web.in &
+CPU=0 bg_guest web /tmp/web herd run --name web --root base.erofs --disk web.img --kernel vmlinux --net tap=web,bridge=appnet 0<>/tmp/web.in &
 wait_for /tmp/web "herd-init: ready" 180 || say "web never got ready"
 sup=$(herd_pids "--name web")
 vm=$(herd_vm "$sup")
@@ -42,13 +42,13 @@ cg=/sys/fs/cgroup/herd/web
 say "memory.max: $(cat $cg/memory.max)"
 say "cpu.max: $(cat $cg/cpu.max)"
 say "pids.max: $(cat $cg/pids.max)"
-say "root: $(cd /proc/$vm/root && find . | sort | tr '\n' ' ')"
+say "root: $(cd /proc/$vm/root && find . -path ./proc -prune -o -print | sort | tr '\n' ' ')"
 say "seccomp: $(cat /proc/$vm/task/*/status | grep ^Seccomp: | tr -s '\t' ' ' | sort | uniq -c | tr -s ' \n' '  ')"
 say "fds: $(for f in /proc/$vm/fd/*; do readlink $f; done | sort -u | tr '\n' ' ')"
 timeout 30 wget -q -O /tmp/page http://10.20.0.2/
 say "fetch before status=$?"
 
-HERD_TIMEOUT=120 run_guest hog run --jail --seccomp --name hog --kernel vmlinux --initrd initrd.cpio.gz --mem 256 --memory-max 96 \
+HERD_TIMEOUT=120 run_guest hog run --name hog --kernel vmlinux --initrd initrd.cpio.gz --mem 256 --memory-max 96 \
 	--cmdline 'console=ttyS0 herd.run="mount -t tmpfs -o size=240m tmpfs /mnt && dd if=/dev/zero of=/mnt/fill bs=1M count=200 && echo hog-surviv$((0))ed"'
 say "hog cgroup after: $([ -e /sys/fs/cgroup/herd/hog ] && echo present || echo removed)"
 
@@ -59,7 +59,7 @@ kill -TERM $sup
 wait_for /tmp/web "VM stopped" 60 || say "web did not stop"
 sleep 1
 say "web cgroup after: $([ -e $cg ] && echo present || echo removed)"
-say "web jail after: $([ -e /run/herd/jail/web ] && echo present || echo removed)"
+say "web jail after: $([ -e /run/herd/.jail/web ] && echo present || echo removed)"
 show web /tmp/web
 exit 0
 "#;
@@ -121,7 +121,6 @@ fn web() -> GuestRun<'static> {
 }
 
 #[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn jailed_web_appliance_runs_as_herd_in_its_cgroup_and_serves() {
     let res = suite();
     if !line("vm Uid:").starts_with("998 998 998 998") {
@@ -144,7 +143,6 @@ fn jailed_web_appliance_runs_as_herd_in_its_cgroup_and_serves() {
 }
 
 #[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn jailed_vm_sees_only_the_jail_and_holds_only_its_files() {
     let res = suite();
     let root = line("root:");
@@ -173,7 +171,11 @@ fn jailed_vm_sees_only_the_jail_and_holds_only_its_files() {
             ]
             .contains(&fd)
             // stdin and stdout/stderr, as the scenario redirected them.
-            || fd.starts_with("/tmp/web");
+            || fd.starts_with("/tmp/web")
+            // Its runtime directory (console log, boot report) and its
+            // own memory map in the jail's procfs (metrics).
+            || fd.starts_with("/run/herd/web/")
+            || fd.ends_with("/proc/1/smaps");
         if !ok {
             res.fail(&format!("the VM holds {fd} open"));
         }
@@ -185,7 +187,6 @@ fn jailed_vm_sees_only_the_jail_and_holds_only_its_files() {
 }
 
 #[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn memory_hog_is_killed_by_the_kernel_and_the_neighbour_keeps_serving() {
     let res = suite();
     let hog = res.expect_run("hog");
@@ -206,7 +207,6 @@ fn memory_hog_is_killed_by_the_kernel_and_the_neighbour_keeps_serving() {
 }
 
 #[test]
-#[ignore = "needs --jail with --name, refused until the runtime directory is bound into the jail"]
 fn stopping_removes_cgroup_and_jail_directory() {
     let res = suite();
     if line("web cgroup after:") != "removed" || line("web jail after:") != "removed" {

@@ -7,9 +7,9 @@ use std::path::Path;
 use super::{herd_command_with, runs, smaps, time_first_byte_and_exit, wait_spinning, Row};
 
 const MODES: [(&str, &[&str]); 3] = [
-    ("no jail, no seccomp", &[]),
-    ("seccomp only", &["--seccomp"]),
-    ("jail + seccomp", &["--jail", "--seccomp"]),
+    ("no jail, no seccomp", &["--no-jail", "--no-seccomp"]),
+    ("seccomp only", &["--no-jail"]),
+    ("jail + seccomp (default)", &[]),
 ];
 
 /// The jailed VM runs in a child of herd (the supervisor).

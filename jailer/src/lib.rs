@@ -26,6 +26,7 @@ use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{fork, ForkResult};
 
 pub use cgroup::{cgroup2_root, CgroupError, CgroupLimits};
@@ -79,6 +80,17 @@ pub enum JailError {
         what: String,
         source: std::io::Error,
     },
+    /// Setting up the jail failed in the forked child: the caller is that
+    /// child, whose inherited descriptors may already be closed.
+    #[error(transparent)]
+    InChild(Box<JailError>),
+}
+
+impl JailError {
+    /// Whether the caller is the forked child (see [`JailError::InChild`]).
+    pub fn in_child(&self) -> bool {
+        matches!(self, JailError::InChild(_))
+    }
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> JailError {
@@ -171,23 +183,32 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
     };
     // Children (only the one forked below) start in a new PID namespace.
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("create a PID namespace"))?;
+    // Termination signals wait from before the fork: the child, pid 1 of
+    // its namespace, would drop one that came before it blocked them, and
+    // the parent forwards them only once its handlers exist.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    let mut before = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop), Some(&mut before))
+        .map_err(sys("block termination signals"))?;
     // herd is single-threaded here (the caller's contract), so the
     // child may run arbitrary code after fork.
     // SAFETY: sound for the reasons just given.
     match unsafe { fork() }.map_err(sys("fork the jailed process"))? {
-        ForkResult::Parent { child } => Ok(Side::Supervisor(Supervisor::new(
-            child,
-            cgroup,
-            dir,
-            config.name.clone(),
-        ))),
+        ForkResult::Parent { child } => {
+            let supervisor = Supervisor::new(child, cgroup, dir, config.name.clone());
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&before), None)
+                .map_err(sys("unblock termination signals"))?;
+            Ok(Side::Supervisor(supervisor))
+        }
         ForkResult::Child => {
             // The parent owns the directory (and its lock) and cleans it up;
             // the child closes its copies of every inherited descriptor, so
             // it must not close them again on drop.
             std::mem::forget(dir);
             let netns = netns.map(IntoRawFd::into_raw_fd);
-            confine(config, cgroup.as_ref(), netns)?;
+            confine(config, cgroup.as_ref(), netns).map_err(|e| JailError::InChild(Box::new(e)))?;
             Ok(Side::Jailed(Jailed {
                 user: config.user.clone(),
             }))
@@ -213,16 +234,11 @@ fn confine(
     cgroup: Option<&cgroup::Cgroup>,
     netns: Option<RawFd>,
 ) -> Result<(), JailError> {
-    // As pid 1 of its PID namespace the child would drop termination
-    // signals until herd installs its handlers; blocked, they wait for them.
-    let mut stop = nix::sys::signal::SigSet::empty();
-    stop.add(nix::sys::signal::Signal::SIGTERM);
-    stop.add(nix::sys::signal::Signal::SIGINT);
-    nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&stop), None)
-        .map_err(sys("block termination signals"))?;
+    // SIGTERM/SIGINT stay blocked (since before the fork) until herd
+    // installs its handlers: as pid 1 of its PID namespace the child would
+    // drop them, blocked they wait.
     // Die with the supervisor rather than run on unsupervised.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(sys("set the parent-death signal"))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("set the parent-death signal"))?;
     if let Some(cgroup) = cgroup {
         cgroup.join_self()?;
     }

@@ -54,6 +54,7 @@ pub(crate) fn build_root(
     for device in devices {
         bind_at(root, device, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
     }
+    mount_proc(root, quiet)?;
     // Nothing in the jail's own tmpfs is writable once it is populated.
     mount(
         NONE,
@@ -63,6 +64,26 @@ pub(crate) fn build_root(
         NONE,
     )
     .map_err(sys("make the jail's root read-only"))
+}
+
+/// A read-only procfs of the appliance's own PID namespace, holding only
+/// process directories (`subset=pid`: no /proc/sys, no kernel files):
+/// herd reads its own memory use there (/proc/self/smaps). The process is
+/// pid 1 of that namespace, so it sees itself and nothing else.
+fn mount_proc(root: &Path, quiet: MsFlags) -> Result<(), JailError> {
+    let target = root.join("proc");
+    fs::create_dir_all(&target).map_err(io(format!("create {}", target.display())))?;
+    mount(
+        Some("proc"),
+        &target,
+        Some("proc"),
+        quiet | MsFlags::MS_RDONLY,
+        Some("subset=pid,hidepid=invisible"),
+    )
+    .map_err(sys(format!(
+        "mount the jail's /proc on {}",
+        target.display()
+    )))
 }
 
 fn bind_at(root: &Path, path: &Path, flags: MsFlags) -> Result<(), JailError> {

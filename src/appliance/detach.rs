@@ -154,27 +154,36 @@ impl ReadyPipe {
         Some(ReadyPipe(unsafe { File::from_raw_fd(fd) }))
     }
 
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+
     /// The VM runs: herd's output moves to `log` and the parent returns.
     pub fn report_running(mut self, log: &std::path::Path) {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            Ok(file) => {
-                for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-                    // dup2 onto the standard descriptors, from a
-                    // file that stays open for the call.
-                    // SAFETY: sound for the reasons just given.
-                    unsafe { libc::dup2(file.as_raw_fd(), target) };
-                }
-            }
-            Err(e) => log::warn!(
-                "cannot open {}: {e}; herd's messages are lost",
-                log.display()
-            ),
-        }
+        redirect_output(log);
         let _ = self.0.write_all(READY_WORD);
+    }
+}
+
+/// Sends this process's stdout and stderr to the end of `log`.
+pub fn redirect_output(log: &std::path::Path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        Ok(file) => {
+            for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+                // dup2 onto the standard descriptors, from a
+                // file that stays open for the call.
+                // SAFETY: sound for the reasons just given.
+                unsafe { libc::dup2(file.as_raw_fd(), target) };
+            }
+        }
+        Err(e) => log::warn!(
+            "cannot open {}: {e}; herd's messages are lost",
+            log.display()
+        ),
     }
 }
 

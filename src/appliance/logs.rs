@@ -52,6 +52,13 @@ pub fn logs(name: &str, follow: bool, lines: Option<usize>) -> Result<(), Runtim
             _ => false,
         };
         if let Some(f) = &mut file {
+            // Rotation copied the file to `.1` and emptied it in place.
+            let emptied = f
+                .stream_position()
+                .is_ok_and(|pos| f.metadata().is_ok_and(|m| m.len() < pos));
+            if emptied {
+                let _ = f.seek(SeekFrom::Start(0));
+            }
             let mut buf = Vec::new();
             let _ = f.read_to_end(&mut buf);
             let _ = out.write_all(&buf);

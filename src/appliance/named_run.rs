@@ -2,7 +2,8 @@
 //! the control and console sockets, the detach handshake and systemd's
 //! readiness notification.
 
-use std::path::PathBuf;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 
 use vmm::boot_report::BootReport;
 use vmm::{ConsoleConfig, VmConfig, Vmm};
@@ -17,6 +18,8 @@ use super::systemd;
 pub struct NamedRun {
     dir: RuntimeDir,
     ready: Option<ReadyPipe>,
+    /// boot-report.json, created before the seccomp filters forbid it.
+    report: Option<std::fs::File>,
     finished: bool,
 }
 
@@ -54,6 +57,7 @@ impl NamedRun {
         Ok(NamedRun {
             dir: RuntimeDir::claim(name)?,
             ready: ReadyPipe::from_env(),
+            report: None,
             finished: false,
         })
     }
@@ -62,9 +66,54 @@ impl NamedRun {
         self.dir.file(CONSOLE_LOG)
     }
 
+    /// The runtime directory, which a jail binds in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Descriptors a jail must leave open: the detach handshake's pipe.
+    pub fn keep_fds(&self) -> Vec<RawFd> {
+        self.ready.iter().map(ReadyPipe::as_raw_fd).collect()
+    }
+
+    /// Started by `herd run --detach`.
+    pub fn is_detached(&self) -> bool {
+        self.ready.is_some()
+    }
+
+    /// In the jailed child: the supervisor holds the directory's lock.
+    pub fn enter_jail(&mut self) {
+        self.dir.leave_lock_to_parent();
+    }
+
+    /// In a detached appliance's supervisor (outside the jail): its own
+    /// messages go to herd.log, as the jailed herd's do once its VM runs,
+    /// so that nothing keeps the launcher's terminal or pipes open.
+    pub fn supervise_quietly(&self) {
+        if self.is_detached() {
+            super::detach::redirect_output(&self.dir.file(HERD_LOG));
+        }
+    }
+
+    /// In the supervisor, once the jailed child is gone: if its VM ran,
+    /// what only made sense while it ran goes (the child may have been
+    /// killed before it could clean up) and the logs stay; otherwise the
+    /// directory goes, as for an unjailed run that never started.
+    pub fn after_jailed_child(mut self) {
+        if self.dir.file(CONFIG_FILE).exists() {
+            self.dir.finish();
+            self.finished = true;
+        }
+    }
+
     /// Opens the sockets and records the configuration; the VM is built
     /// but not started.
-    pub fn attach(&self, vmm: &mut Vmm, config: &VmConfig) -> Result<(), String> {
+    pub fn attach(&mut self, vmm: &mut Vmm, config: &VmConfig) -> Result<(), String> {
+        let report = self.dir.file(BOOT_REPORT);
+        self.report = Some(
+            std::fs::File::create(&report)
+                .map_err(|e| format!("cannot create the boot report {}: {e}", report.display()))?,
+        );
         let description = vmm::api::VmDescription::from_config(config);
         let json = serde_json::to_vec_pretty(&description).map_err(|e| e.to_string())?;
         self.dir
@@ -79,7 +128,7 @@ impl NamedRun {
                 console.display()
             )
         })?;
-        if systemd::notify_socket().is_some() {
+        if systemd::is_notifying() {
             vmm.control().boot.ready.on_ready(Box::new(|| {
                 systemd::notify("READY=1\nSTATUS=appliance ready")
             }));
@@ -97,7 +146,7 @@ impl NamedRun {
     /// The VM stopped: keep its report, drop its sockets.
     pub fn finish(mut self, report: &BootReport) {
         systemd::notify("STOPPING=1");
-        if let Err(e) = report.write(&self.dir.file(BOOT_REPORT)) {
+        if let Some(Err(e)) = self.report.take().map(|file| report.write_to(file)) {
             log::warn!("cannot write the boot report: {e}");
         }
         self.dir.finish();

@@ -96,8 +96,8 @@ fn try_lock(file: &File, exclusive: bool) -> bool {
 /// A runtime directory this process owns for as long as the value lives.
 pub struct RuntimeDir {
     path: PathBuf,
-    /// Holds the exclusive lock.
-    _lock: File,
+    /// Holds the exclusive lock (None in a jailed child: its parent holds it).
+    lock: Option<File>,
 }
 
 impl RuntimeDir {
@@ -134,7 +134,10 @@ impl RuntimeDir {
                 pid,
             });
         }
-        let dir = RuntimeDir { path, _lock: lock };
+        let dir = RuntimeDir {
+            path,
+            lock: Some(lock),
+        };
         dir.clean_stale()?;
         dir.write(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
         Ok(dir)
@@ -168,6 +171,19 @@ impl RuntimeDir {
 
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// In a jailed child, whose inherited descriptors the jailer closed:
+    /// the lock stays with the supervisor, which outlives the child.
+    pub fn leave_lock_to_parent(&mut self) {
+        // Forgets the (already closed) descriptor without closing it again.
+        if let Some(lock) = self.lock.take() {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(lock);
+        }
     }
 
     /// Writes a file in the directory atomically (temp file + rename).

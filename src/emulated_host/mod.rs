@@ -210,8 +210,11 @@ fn run_inner(args: &RunArgs) -> Result<u8, EmulatedHostError> {
         arg("--boot-report", INNER_REPORT.into());
     }
     arg("--log-level", args.log_level.to_string().to_lowercase());
-    if args.seccomp {
-        inner.push("--seccomp".into());
+    if args.no_seccomp {
+        inner.push("--no-seccomp".into());
+    }
+    if args.jail.no_jail {
+        inner.push("--no-jail".into());
     }
 
     let stdout = match &console {

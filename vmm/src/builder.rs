@@ -170,6 +170,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let mut metrics = MetricsSources {
         vcpus: vcpus.iter().map(Vcpu::exit_counters).collect(),
         guest_ranges: memory::host_ranges(&guest_memory),
+        smaps: std::fs::File::open("/proc/self/smaps").ok(),
         ..MetricsSources::default()
     };
     for handle in &virtio_devices {

@@ -108,6 +108,10 @@ pub struct MetricsSources {
     pub nets: Vec<(String, Arc<NetMetrics>)>,
     /// Host virtual address ranges [start, end) of guest RAM.
     pub guest_ranges: Vec<(u64, u64)>,
+    /// `/proc/self/smaps`, opened before the seccomp filters (which forbid
+    /// opening files) and the jail (whose /proc is its own); re-read from
+    /// offset 0 it describes the process as it is now.
+    pub smaps: Option<std::fs::File>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,11 +173,29 @@ impl MetricsSources {
                     counters: m.snapshot(),
                 })
                 .collect(),
-            memory: std::fs::read_to_string("/proc/self/smaps")
-                .ok()
+            memory: self
+                .smaps
+                .as_ref()
+                .and_then(|file| read_from_start(file).ok())
                 .map(|smaps| memory_use(&smaps, &self.guest_ranges)),
         }
     }
+}
+
+/// The whole of a /proc file, read with pread(2) from offset 0: no seek
+/// position is shared between the threads that read it.
+fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read_at(&mut chunk, text.len() as u64)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(text).map_err(std::io::Error::other)
 }
 
 /// Walks `/proc/PID/smaps` text: calls `field` with each mapping's

@@ -99,14 +99,16 @@ impl Vmm {
         self.stop_timeout = timeout;
     }
 
-    /// Serves the control API on a Unix socket at `path` (see `api`).
+    /// Serves the control API on a Unix socket at `path` (see `api`). The
+    /// API thread confines itself with its seccomp filter unless
+    /// [`Vmm::disable_seccomp`] was called first.
     pub fn start_api(&mut self, path: &std::path::Path) -> Result<(), ApiError> {
         let ctx = ApiContext {
             control: self.control.clone(),
             description: self.description.clone(),
             metrics: self.metrics.take().unwrap_or_default(),
         };
-        api::start(path, ctx)
+        api::start(path, ctx, self.context.seccomp.clone())
     }
 
     /// Lets `herd console` clients attach on a Unix socket at `path`.
@@ -125,13 +127,8 @@ impl Vmm {
         self.power_button.clone()
     }
 
-    /// The filters a control API thread installs first thing with
-    /// `install(ThreadKind::Api)`; None without `--seccomp`.
-    pub fn seccomp_filters(&self) -> Option<Arc<crate::seccomp::SeccompFilters>> {
-        self.context.seccomp.clone()
-    }
-
-    /// Runs every thread unconfined (the default; `--seccomp` keeps the filters).
+    /// Runs every thread unconfined (`--no-seccomp`, for debugging). Call
+    /// it before [`Vmm::start_api`].
     pub fn disable_seccomp(&mut self) {
         self.context.seccomp = None;
     }

@@ -21,6 +21,7 @@ pub use routes::ApiRequest;
 
 use crate::control::VmControl;
 use crate::metrics::MetricsSources;
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 pub const API_VERSION: &str = "v1";
 /// A client gets this long to send its whole request.
@@ -50,8 +51,14 @@ pub struct ApiContext {
 }
 
 /// Binds `path` (mode 0600, replacing a stale socket) and serves it on a
-/// thread of its own for the rest of the process.
-pub fn start(path: &Path, ctx: ApiContext) -> Result<(), ApiError> {
+/// thread of its own for the rest of the process. With `filters`, that
+/// thread (and every connection thread it starts) runs under the API
+/// seccomp filter, installed before it accepts anything.
+pub fn start(
+    path: &Path,
+    ctx: ApiContext,
+    filters: Option<Arc<SeccompFilters>>,
+) -> Result<(), ApiError> {
     let bind_err = |source| ApiError::Bind {
         path: path.to_owned(),
         source,
@@ -66,7 +73,14 @@ pub fn start(path: &Path, ctx: ApiContext) -> Result<(), ApiError> {
     let ctx = Arc::new(ctx);
     std::thread::Builder::new()
         .name("herd-api".into())
-        .spawn(move || serve(&listener, &ctx))
+        .spawn(move || {
+            if let Some(Err(e)) = filters.map(|f| f.install(ThreadKind::Api)) {
+                // Never serve unconfined when confinement was asked for.
+                log::error!("control API off: {e}");
+                return;
+            }
+            serve(&listener, &ctx);
+        })
         .map_err(ApiError::Thread)?;
     log::debug!("control API on {}", path.display());
     Ok(())
@@ -93,6 +107,7 @@ fn serve(listener: &UnixListener, ctx: &Arc<ApiContext>) {
             .name("herd-api-conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
+                crate::seccomp::note_inherited(ThreadKind::Api);
                 connection(stream, &ctx);
                 active_conn.fetch_sub(1, Ordering::AcqRel);
             });

@@ -32,25 +32,35 @@ pub fn console_log_max() -> u64 {
         .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
 }
 
-/// Appends to `path`, moving it to `path.1` when it is full.
+/// Appends to `path`, moving its contents to `path.1` when it is full.
+/// Both files are opened up front and rotation copies between them by
+/// descriptor: the threads that write the console (vCPUs, the event loop)
+/// run under seccomp filters that allow neither open(2) nor rename(2).
 pub struct RotatingLog {
     path: PathBuf,
-    file: Option<File>,
+    file: File,
+    previous: File,
     written: u64,
     max: u64,
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
-}
-
 impl RotatingLog {
     pub fn open(path: &Path, max: u64) -> std::io::Result<Self> {
-        let file = open_append(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let previous = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::rotated_path(path))?;
         let written = file.metadata()?.len();
         Ok(RotatingLog {
             path: path.to_owned(),
-            file: Some(file),
+            file,
+            previous,
             written,
             max,
         })
@@ -63,16 +73,23 @@ impl RotatingLog {
     }
 
     fn rotate(&mut self) {
-        self.file = None;
-        if let Err(e) = std::fs::rename(&self.path, Self::rotated_path(&self.path)) {
+        use std::os::unix::fs::FileExt;
+        let copy = || -> std::io::Result<()> {
+            self.previous.set_len(0)?;
+            let mut chunk = vec![0u8; 64 * 1024];
+            let mut offset = 0;
+            loop {
+                let n = self.file.read_at(&mut chunk, offset)?;
+                if n == 0 {
+                    break;
+                }
+                self.previous.write_all_at(&chunk[..n], offset)?;
+                offset += n as u64;
+            }
+            self.file.set_len(0)
+        };
+        if let Err(e) = copy() {
             log::warn!("cannot rotate console log {}: {e}", self.path.display());
-        }
-        match open_append(&self.path) {
-            Ok(f) => self.file = Some(f),
-            Err(e) => log::warn!(
-                "cannot reopen console log {}: {e}; console output is lost",
-                self.path.display()
-            ),
         }
         self.written = 0;
     }
@@ -83,15 +100,13 @@ impl Write for RotatingLog {
         if self.written + buf.len() as u64 > self.max && self.written > 0 {
             self.rotate();
         }
-        if let Some(f) = &mut self.file {
-            f.write_all(buf)?;
-        }
+        self.file.write_all(buf)?;
         self.written += buf.len() as u64;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.as_mut().map_or(Ok(()), Write::flush)
+        self.file.flush()
     }
 }
 

@@ -59,11 +59,26 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_getsockopt,
     libc::SYS_shutdown,
+    // vsock: the muxer's timer (handshake timeouts, retries).
+    libc::SYS_timerfd_gettime,
+    libc::SYS_timerfd_settime,
+    // Console socket clients and vsock peers.
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
     libc::SYS_fdatasync,
     libc::SYS_fsync,
+    // The console log, rotated by descriptor (see VCPU).
+    libc::SYS_ftruncate,
+    // A stopped named appliance removes its pid file and sockets: the
+    // one path operation after the filters, deleting only (no open, no
+    // rename); in a jail it reaches only the jail's writable binds.
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_preadv,
@@ -75,25 +90,43 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_writev,
 ];
 
-const VCPU: &[libc::c_long] = &[libc::SYS_read];
+const VCPU: &[libc::c_long] = &[
+    libc::SYS_read,
+    // Console output to an attached `herd console` client.
+    libc::SYS_sendto,
+    // Rotating the console log: copied to its `.1` file by descriptor.
+    libc::SYS_ftruncate,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+];
+
+/// Starting a thread: the API starts one per connection, the event loop
+/// (and the API) a stop timer when the guest is asked to power off.
+const THREADS: &[libc::c_long] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_rseq,
+    // std's thread spawn sizes its stack from the CPU affinity.
+    libc::SYS_sched_getaffinity,
+    libc::SYS_set_robust_list,
+];
 
 const API: &[libc::c_long] = &[
     libc::SYS_accept4,
-    // A thread per connection.
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_getsockopt,
-    libc::SYS_rseq,
-    libc::SYS_set_robust_list,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
+    // Metrics re-read /proc/self/smaps, opened before the filter.
+    libc::SYS_pread64,
     libc::SYS_read,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_shutdown,
+    // Pausing kicks the vCPU threads out of KVM_RUN.
+    libc::SYS_tgkill,
 ];
 
 /// The ioctl requests each kind may make, on any fd.
@@ -104,8 +137,10 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         // FIONBIO: std's set_nonblocking on accepted sockets.
         ThreadKind::Vmm => vec![libc::TCSETS, libc::TCGETS, TUNSETOFFLOAD(), libc::FIONBIO],
         // KVM_GET_REGS describes an internal error; activation sets offloads.
-        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), TUNSETOFFLOAD()],
-        ThreadKind::Api => vec![libc::FIONBIO],
+        // TCGETS (every kind): the logger asks whether stderr is a
+        // terminal (colours) the first time a thread logs.
+        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), TUNSETOFFLOAD(), libc::TCGETS],
+        ThreadKind::Api => vec![libc::FIONBIO, libc::TCGETS],
     }
 }
 
@@ -137,9 +172,15 @@ fn arg_lacks(index: u8, bits: u64) -> Result<SeccompRule, BackendError> {
 }
 
 fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    let threads = if kind == ThreadKind::Vcpu {
+        &[][..]
+    } else {
+        THREADS
+    };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(plain(kind))
+        .chain(threads)
         .map(|&nr| (nr, Vec::new()))
         .collect();
     // Memory may be mapped and protected but never made executable.
@@ -147,25 +188,39 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
     rules.insert(libc::SYS_mmap, vec![arg_lacks(2, no_exec)?]);
     rules.insert(libc::SYS_mprotect, vec![arg_lacks(2, no_exec)?]);
     // std checks an fd is open (F_GETFD) when it takes ownership of it;
-    // the API server makes accepted connections non-blocking.
+    // accepted connections are made non-blocking and cloned.
     let mut fcntl = vec![libc::F_GETFD];
-    if kind == ThreadKind::Api {
-        fcntl.extend([libc::F_GETFL, libc::F_SETFL]);
+    if kind != ThreadKind::Vcpu {
+        // F_DUPFD_CLOEXEC: try_clone, a reader beside the writer (API
+        // connections, console socket clients).
+        fcntl.extend([libc::F_GETFL, libc::F_SETFL, libc::F_DUPFD_CLOEXEC]);
     }
     let fcntl = fcntl
         .into_iter()
         .map(|cmd| arg_is(1, u64::try_from(cmd).unwrap_or(u64::MAX)))
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_fcntl, fcntl);
+    if kind != ThreadKind::Vcpu {
+        // Naming new threads, which read their name back for a
+        // violation's message.
+        let name_ops = [libc::PR_SET_NAME, libc::PR_GET_NAME]
+            .into_iter()
+            .map(|op| arg_is(0, u64::try_from(op).unwrap_or(u64::MAX)))
+            .collect::<Result<_, _>>()?;
+        rules.insert(libc::SYS_prctl, name_ops);
+    }
     match kind {
         ThreadKind::Vmm => {
             let unix = u64::try_from(libc::AF_UNIX).unwrap_or(u64::MAX);
             rules.insert(libc::SYS_socket, vec![arg_is(0, unix)?]);
         }
         ThreadKind::Api => {
-            // Naming the connection threads.
-            let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or(u64::MAX);
-            rules.insert(libc::SYS_prctl, vec![arg_is(0, set_name)?]);
+            // Read and write timeouts on each connection.
+            let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+                .into_iter()
+                .map(|opt| arg_is(2, u64::try_from(opt).unwrap_or(u64::MAX)))
+                .collect::<Result<_, _>>()?;
+            rules.insert(libc::SYS_setsockopt, timeouts);
         }
         ThreadKind::Vcpu => {}
     }

@@ -84,6 +84,7 @@ pub struct SeccompFilters {
 impl SeccompFilters {
     /// Compiles every kind's allow-list for this host's architecture.
     pub fn compile() -> Result<Self, SeccompError> {
+        cap_malloc_arenas();
         Ok(SeccompFilters {
             vmm: filters::compile(ThreadKind::Vmm)?,
             vcpu: filters::compile(ThreadKind::Vcpu)?,
@@ -116,6 +117,18 @@ pub fn add_test_trigger(bus: devices::Bus) -> devices::Bus {
     bus
 }
 
+/// glibc's malloc, the first time a thread needs a new arena past its
+/// test count, counts the CPUs by opening /sys/devices/system/cpu/online:
+/// a filtered thread may not open files. With a cap on arenas it never
+/// counts. Eight is plenty for herd's few threads.
+fn cap_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc tunable; no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    }
+}
+
 const THREAD_NAME_LEN: usize = 16;
 
 thread_local! {
@@ -123,6 +136,12 @@ thread_local! {
     /// (which must not allocate or lock).
     static THREAD: Cell<(ThreadKind, [u8; THREAD_NAME_LEN])> =
         const { Cell::new((ThreadKind::Vmm, [0; THREAD_NAME_LEN])) };
+}
+
+/// For a thread that inherited `kind`'s filter from the thread that
+/// started it: lets a violation name it and its filter correctly.
+pub fn note_inherited(kind: ThreadKind) {
+    remember_thread(kind);
 }
 
 fn remember_thread(kind: ThreadKind) {
@@ -171,7 +190,7 @@ fn violation_line(line: &mut StackLine, nr: i64, kind: ThreadKind, thread: &[u8]
     let _ = writeln!(
         line,
         "herd: error: seccomp: thread {thread} ({kind} filter) made the forbidden system call \
-         {} ({nr}); stopping herd with exit status {EXIT_BAD_SYSCALL} (run without --seccomp to turn the \
+         {} ({nr}); stopping herd with exit status {EXIT_BAD_SYSCALL} (--no-seccomp turns the \
          filters off for debugging)",
         syscall_name(nr)
     );
