@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::kvm_regs;
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
@@ -24,6 +24,7 @@ const KVMIO: u32 = 0xAE;
 const TUNTAP: u32 = b'T' as u32;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
 
 /// What every thread needs: memory management (never executable), locks,
@@ -136,10 +137,16 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         // reset when a device is reset from the event loop.
         // FIONBIO: std's set_nonblocking on accepted sockets.
         ThreadKind::Vmm => vec![libc::TCSETS, libc::TCGETS, TUNSETOFFLOAD(), libc::FIONBIO],
-        // KVM_GET_REGS describes an internal error; activation sets offloads.
-        // TCGETS (every kind): the logger asks whether stderr is a
-        // terminal (colours) the first time a thread logs.
-        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), TUNSETOFFLOAD(), libc::TCGETS],
+        // KVM_GET_REGS/SREGS describe an internal error or a triple fault;
+        // activation sets offloads. TCGETS (every kind): the logger asks
+        // whether stderr is a terminal (colours) the first time a thread logs.
+        ThreadKind::Vcpu => vec![
+            KVM_RUN(),
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            TUNSETOFFLOAD(),
+            libc::TCGETS,
+        ],
         ThreadKind::Api => vec![libc::FIONBIO, libc::TCGETS],
     }
 }
@@ -259,6 +266,8 @@ mod tests {
     fn ioctl_numbers_match_the_kernel() {
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
         assert_eq!(TUNSETOFFLOAD(), 0x4004_54d0);
     }
 
