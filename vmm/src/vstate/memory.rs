@@ -66,6 +66,17 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError
     GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
 }
 
+/// Host virtual address ranges [start, end) backing guest RAM.
+pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter()
+        .map(|r| {
+            let start = r.as_ptr() as u64;
+            (start, start + r.len())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,15 +96,4 @@ mod tests {
         assert!(err.to_string().contains("lower --mem"), "{err}");
         assert!(host_phys_addr_bits() >= 32);
     }
-}
-
-/// Host virtual address ranges [start, end) backing guest RAM.
-pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    mem.iter()
-        .map(|r| {
-            let start = r.as_ptr() as u64;
-            (start, start + r.len())
-        })
-        .collect()
 }

@@ -83,7 +83,7 @@ fn huge_buffers_get_one_chunk() {
     let mut driver = Driver::new(&mem);
     driver.add_chain(&[(SCRATCH, u32::MAX, W)]);
     rng.process_queue();
-    assert_eq!(driver.used(0).1, BYTES_PER_CHAIN as u32);
+    assert_eq!(driver.used(0).1, u32::try_from(BYTES_PER_CHAIN).unwrap());
     assert!(!rng.is_broken());
 }
 
@@ -120,12 +120,12 @@ fn a_flood_is_served_in_bounded_turns() {
     let (mut rng, mem, _irq) = active(Box::new(Fixed(7)), 256);
     let mut driver = Driver::new(&mem);
     for _ in 0..64 {
-        driver.add_chain(&[(SCRATCH, BYTES_PER_CHAIN as u32, W)]);
+        driver.add_chain(&[(SCRATCH, u32::try_from(BYTES_PER_CHAIN).unwrap(), W)]);
     }
     // Activation's own wake-up.
     let _ = rng.queue_events()[0].read();
     rng.process_queue();
-    let per_run = (BYTES_PER_RUN / BYTES_PER_CHAIN) as u16;
+    let per_run = u16::try_from(BYTES_PER_RUN / BYTES_PER_CHAIN).unwrap();
     assert_eq!(driver.used_idx(), per_run);
     assert_eq!(
         rng.queue_events()[0].read().unwrap(),

@@ -16,9 +16,10 @@ const HDR_LEN: u32 = 44;
 fn idle_queue(base: u64) -> Queue {
     let mut q = Queue::new(QUEUE_SIZE).unwrap();
     q.set_size(16);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
-    q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+    let low = |a: u64| Some(u32::try_from(a).unwrap());
+    q.set_desc_table_address(low(base), Some(0));
+    q.set_avail_ring_address(low(base + 0x1000), Some(0));
+    q.set_used_ring_address(low(base + 0x2000), Some(0));
     q.set_ready(true);
     q
 }
@@ -76,7 +77,9 @@ fn well_formed_packets_are_consumed() {
 
 #[test]
 fn malformed_tx_chains_stop_the_device() {
-    let cases: &[(&str, &[(u64, u32, u16)], u32)] = &[
+    // (what is wrong, the chain's descriptors, what the driver expects used)
+    type Case<'a> = (&'a str, &'a [(u64, u32, u16)], u32);
+    let cases: &[Case] = &[
         ("short header", &[(SCRATCH, 20, 0)], 0),
         ("write-only header", &[(SCRATCH, HDR_LEN, W)], 0),
         ("header outside memory", &[(MEM_SIZE - 8, HDR_LEN, 0)], 0),

@@ -351,14 +351,14 @@ mod tests {
             );
         }
         // MADT: two enabled local APICs with ids 0 and 1, then the IOAPIC.
-        assert_eq!(u32_at(&madt, 36), APIC_START as u32);
+        assert_eq!(u64::from(u32_at(&madt, 36)), APIC_START);
         let entries = &madt[44..];
         assert_eq!(entries.len(), 8 + 8 + 12);
         assert_eq!(&entries[..4], &[0, 8, 0, 0]);
         assert_eq!(&entries[8..12], &[0, 8, 1, 1]);
         assert_eq!(u32_at(entries, 4) & 1, 1);
         assert_eq!(&entries[16..19], &[1, 12, 2]);
-        assert_eq!(u32_at(entries, 20), IOAPIC_START as u32);
+        assert_eq!(u64::from(u32_at(entries, 20)), IOAPIC_START);
     }
 
     #[test]
@@ -368,7 +368,7 @@ mod tests {
             .map(|i| AcpiMmioDevice {
                 base: 0xd000_0000 + i * 0x1000,
                 size: 0x1000,
-                gsi: 5 + i as u32,
+                gsi: 5 + u32::try_from(i).unwrap(),
             })
             .collect();
         setup(&mem, super::super::mptable::MAX_CPUS, &virtio).unwrap();
