@@ -5,8 +5,10 @@ mod disk;
 mod emulated_host;
 mod exit_status;
 mod image;
+mod interrupt;
 mod jail;
 mod net_setup;
+mod stack;
 mod terminal;
 mod vm_slots;
 
@@ -56,6 +58,8 @@ enum Command {
     EmulatedHost(emulated_host::ScriptArgs),
     #[command(flatten)]
     Appliance(appliance::ApplianceCommand),
+    #[command(flatten)]
+    Stack(stack::StackCommand),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +224,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Image(cmd) => ExitCode::from(image::run(cmd)),
+        Command::Stack(cmd) => {
+            init_logging(log::LevelFilter::Warn);
+            ExitCode::from(stack::run(cmd))
+        }
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),
