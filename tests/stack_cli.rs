@@ -153,7 +153,7 @@ fn bad_stack_files_name_file_key_and_line_and_start_nothing() {
         assert_eq!(out.code(), Some(2), "{what}: {}", out.dump());
         let line = one_line_error(&out);
         let prefix = "herd: error: herd.toml:";
-        assert!(line.starts_with(&prefix), "{what}: {line}");
+        assert!(line.starts_with(prefix), "{what}: {line}");
         assert!(line.contains(want), "{what}: {line:?} lacks {want:?}");
         assert!(d.started().is_empty(), "{what}: something started");
         assert!(
