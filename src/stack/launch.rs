@@ -150,8 +150,9 @@ pub fn wait_ready(inst: &Instance, since: Instant) -> Result<Ready, String> {
         .join(&inst.runtime_name)
         .join(API_SOCKET);
     // The herd init says "ready" (124) once its services run; a guest
-    // without an image (a bare kernel) only has the boot timer (123).
-    let key = if inst.root.is_some() {
+    // without an image (a bare kernel) only has the boot timer (123), and
+    // with a health check, the check is what decides.
+    let key = if inst.root.is_some() && inst.health.is_none() {
         "guest_ready_ms"
     } else {
         "boot_timer_ms"
