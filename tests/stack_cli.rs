@@ -520,3 +520,69 @@ fn upgrade_rolls_back_when_unhealthy_and_rollback_goes_back() {
     assert_eq!(out.code(), Some(2), "{}", out.dump());
     assert!(d.herd(&["down"]).status.success());
 }
+
+fn pid_of(d: &Dir, name: &str) -> Option<i32> {
+    d.ps()
+        .iter()
+        .find(|r| r["name"] == name && r["state"] != "exited" && r["state"] != "dead")
+        .and_then(|r| r["pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+}
+
+#[test]
+fn supervisor_restarts_killed_appliances_by_policy() {
+    if !kvm_present("stack_cli") {
+        return;
+    }
+    let d = Dir::new("supervise");
+    d.write(&format!(
+        "name = \"sp\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
+         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n\
+         [appliances.web]\nrestart = \"on-failure\"\n[appliances.db]\nrestart = \"always\"\n\
+         [appliances.cache]\nrestart = \"no\"\n",
+        probe()
+    ));
+    let out = d.herd(&["up", "-d"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let old_web = pid_of(&d, "sp-web").unwrap();
+    for name in ["sp-web", "sp-cache"] {
+        let pid = pid_of(&d, name).unwrap();
+        // SAFETY: kill(2) on a herd this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // The supervisor logs "restarted" once the new web is healthy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !d.herd(&["events"]).stdout.contains("web  restarted")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_web = pid_of(&d, "sp-web");
+    assert!(
+        new_web.is_some_and(|p| p != old_web),
+        "web was not restarted: {}",
+        d.herd(&["events"]).dump()
+    );
+    let cache = d
+        .ps()
+        .into_iter()
+        .find(|r| r["name"] == "sp-cache")
+        .unwrap();
+    assert_eq!(cache["state"], "dead", "{cache}");
+    let events = d.herd(&["events"]).stdout;
+    assert!(
+        events.contains("web  died (its herd died (killed?); restarting)"),
+        "{events}"
+    );
+    assert!(events.contains("web  restarted (attempt 1)"), "{events}");
+    assert!(
+        events.contains("cache  died (its herd died (killed?); restart = no: left down)"),
+        "{events}"
+    );
+
+    let out = d.herd(&["down"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(d.running().is_empty(), "{:?}", d.running());
+    let events = d.herd(&["events", "--json"]).stdout;
+    assert!(events.contains("\"supervisor stopped\""), "{events}");
+}

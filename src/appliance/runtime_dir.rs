@@ -83,7 +83,7 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeDirError> {
 }
 
 /// `flock` without blocking; true if we got it.
-fn try_lock(file: &File, exclusive: bool) -> bool {
+pub fn try_lock(file: &File, exclusive: bool) -> bool {
     let op = if exclusive {
         libc::LOCK_EX
     } else {

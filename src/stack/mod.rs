@@ -4,11 +4,13 @@
 //! with automatic rollback and `herd rollback`.
 
 mod disk_config;
+mod events;
 pub mod file;
 mod health;
 mod launch;
 pub mod plan;
 mod state;
+mod supervisor;
 mod up;
 mod upgrade;
 mod verdict;
@@ -85,6 +87,21 @@ pub enum StackCommand {
     /// upgrade.
     Rollback {
         name: String,
+        #[command(flatten)]
+        file: FileArg,
+    },
+    /// What happened to a stack's appliances: started, died, restarted,
+    /// upgraded, rolled back, stopped.
+    Events {
+        #[command(flatten)]
+        file: FileArg,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stack's supervisor (started by `herd up -d`).
+    #[command(hide = true)]
+    Supervise {
         #[command(flatten)]
         file: FileArg,
     },
@@ -176,6 +193,8 @@ pub fn run(command: StackCommand) -> u8 {
         StackCommand::Rollback { name, file } => {
             upgrade::upgrade(&file.file, &name, None, upgrade::ROLLBACK_TIMEOUT)
         }
+        StackCommand::Events { file, json } => show_events(&file.file, json),
+        StackCommand::Supervise { file } => supervisor::supervise(&file.file),
     }
 }
 
@@ -230,6 +249,10 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
              or give one a run command",
         );
     }
+    let op = match supervisor::op_lock(&plan.work_dir) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_HOST_FAILURE, e),
+    };
     let was_running: BTreeSet<usize> = selected
         .iter()
         .copied()
@@ -239,6 +262,11 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
         return fail(EXIT_HOST_FAILURE, e);
     }
     let outcomes = up::up(plan, &stack.state, &selected, &jobs);
+    for o in &outcomes {
+        let detail = o.error.clone().unwrap_or_default();
+        let name = &plan.instances[o.index].name;
+        events::record(&plan.work_dir, name, o.action.event(), &detail);
+    }
     let mut state = std::mem::take(&mut stack.state);
     up::record(plan, &mut state, &outcomes);
     stack.state = state;
@@ -296,15 +324,22 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
     if !services_ok {
         return EXIT_FAILED;
     }
+    drop(op);
+    let supervised = selected
+        .iter()
+        .any(|&i| plan.instances[i].restart != file::Restart::No);
     if detach {
+        if supervised {
+            if let Err(e) = supervisor::spawn(path, &plan.work_dir) {
+                return fail(EXIT_HOST_FAILURE, e);
+            }
+        }
         return EXIT_OK;
     }
     println!(
         "herd: the stack runs; Ctrl-C stops its appliances (herd down also removes its network)"
     );
-    while !interrupted() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    supervisor::watch(path, &plan.work_dir);
     for e in up::down(plan, &selected) {
         eprintln!("herd: warning: {e}");
     }
@@ -325,12 +360,24 @@ fn down(path: &Path, volumes: bool) -> u8 {
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
     let plan = &stack.plan;
+    supervisor::stop(&plan.work_dir);
+    let _op = match supervisor::op_lock(&plan.work_dir) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_HOST_FAILURE, e),
+    };
     let all: Vec<usize> = (0..plan.instances.len()).collect();
     let stopped = plan
         .instances
         .iter()
         .filter(|i| launch::is_running(&i.runtime_name))
         .count();
+    for i in plan
+        .instances
+        .iter()
+        .filter(|i| launch::is_running(&i.runtime_name))
+    {
+        events::record(&plan.work_dir, &i.name, "stopping", "herd down");
+    }
     let mut errors = up::down(plan, &all);
     errors.extend(up::network_down(plan));
     if volumes {
@@ -361,4 +408,19 @@ fn down(path: &Path, volumes: bool) -> u8 {
     } else {
         EXIT_HOST_FAILURE
     }
+}
+
+fn show_events(path: &Path, json: bool) -> u8 {
+    let stack = match load(path, &any_image) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    for e in events::load(&stack.plan.work_dir) {
+        if json {
+            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+        } else {
+            println!("{}", events::line(&e));
+        }
+    }
+    EXIT_OK
 }

@@ -29,6 +29,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// Its name in the event log.
+    pub fn event(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            other => other.text(),
+        }
+    }
+
     fn text(self) -> &'static str {
         match self {
             Action::Started => "started",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::up::{self, Action, Outcome};
-use super::{launch, load, resolve_image, save, EXIT_FAILED};
+use super::{events, launch, load, resolve_image, save, EXIT_FAILED};
 use crate::exit_status::{EXIT_BAD_INPUT, EXIT_OK};
 use crate::fail;
 
@@ -93,6 +93,11 @@ pub fn upgrade(path: &Path, name: &str, image: Option<&str>, timeout: Duration) 
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
+    let _op = match super::supervisor::op_lock(&old.plan.work_dir) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_FAILED, e),
+    };
+    let work_dir = old.plan.work_dir.clone();
     let current_text = current.as_deref().unwrap_or("its kernel");
     println!("herd: {name}: {current_text} -> {target}");
     let mut upgraded = Vec::new();
@@ -131,6 +136,12 @@ pub fn upgrade(path: &Path, name: &str, image: Option<&str>, timeout: Duration) 
             }
         }
         save(&old);
+        events::record(
+            &work_dir,
+            name,
+            "rolled back",
+            &format!("{target} failed ({why}); back on {current_text}"),
+        );
         if rollback_failed.is_empty() {
             return fail(
                 EXIT_FAILED,
@@ -158,6 +169,12 @@ pub fn upgrade(path: &Path, name: &str, image: Option<&str>, timeout: Duration) 
     up::record(&new.plan, &mut state, &outcomes);
     new.state = state;
     save(&new);
+    events::record(
+        &work_dir,
+        name,
+        "upgraded",
+        &format!("{current_text} -> {target}"),
+    );
     println!("herd: {name} upgraded to {target} (herd rollback {name} goes back)");
     EXIT_OK
 }
