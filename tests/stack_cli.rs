@@ -280,6 +280,13 @@ fn up_is_idempotent_restarts_only_what_changed_and_down_stops_all() {
     assert!(out.status.success(), "{}", out.dump());
     assert_eq!(out.stdout.lines().count(), 3, "{}", out.dump());
 
+    // `herd restart` restarts what it names, nothing else.
+    let before = pids(&d);
+    let out = d.herd(&["restart", "worker-2"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout.contains("restarted"), "{}", out.dump());
+    let after = pids(&d);
+    assert_eq!(after.iter().filter(|p| !before.contains(p)).count(), 1);
     let out = d.herd(&["down"]);
     assert!(out.status.success(), "{}", out.dump());
     assert!(
@@ -585,4 +592,41 @@ fn supervisor_restarts_killed_appliances_by_policy() {
     assert!(d.running().is_empty(), "{:?}", d.running());
     let events = d.herd(&["events", "--json"]).stdout;
     assert!(events.contains("\"supervisor stopped\""), "{events}");
+}
+
+#[test]
+fn ctrl_c_during_up_leaves_nothing_running() {
+    if !kvm_present("stack_cli") {
+        return;
+    }
+    let d = Dir::new("ctrlc");
+    d.write(&format!(
+        "name = \"cc\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
+         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n\
+         [appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
+        probe()
+    ));
+    let mut child = Command::new(herd_bin())
+        .arg("up")
+        .current_dir(&d.path)
+        .env("HERD_RUNTIME", d.path.join("rt"))
+        .env("HERD_HOME", d.path.join("store"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Some appliances run by now, others not yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while d.running().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: stopping the"), "{stderr}");
+    assert!(d.running().is_empty(), "left running: {:?}", d.running());
 }

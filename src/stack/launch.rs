@@ -3,6 +3,7 @@
 //! `logs`, `stop` work on it; waiting until its guest says it is ready.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,8 +106,11 @@ pub fn start(plan: &Plan, inst: &Instance) -> Result<SystemTime, String> {
     let mut args = run_args(plan, inst);
     args.insert(1, "--detach".into());
     let started = SystemTime::now();
+    // Its own process group: Ctrl-C on `herd up` must not kill a launch
+    // half-way (up stops what it started instead).
     let out = Command::new(exe)
         .args(&args)
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("cannot start herd: {e}"))?;

@@ -90,6 +90,14 @@ pub enum StackCommand {
         #[command(flatten)]
         file: FileArg,
     },
+    /// Stop a stack's appliances (or replicas) gracefully and start them
+    /// again, waiting until they are ready and healthy.
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        file: FileArg,
+    },
     /// What happened to a stack's appliances: started, died, restarted,
     /// upgraded, rolled back, stopped.
     Events {
@@ -194,6 +202,7 @@ pub fn run(command: StackCommand) -> u8 {
             upgrade::upgrade(&file.file, &name, None, upgrade::ROLLBACK_TIMEOUT)
         }
         StackCommand::Events { file, json } => show_events(&file.file, json),
+        StackCommand::Restart { names, file } => restart(&file.file, &names),
         StackCommand::Supervise { file } => supervisor::supervise(&file.file),
     }
 }
@@ -282,9 +291,7 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
             "herd: interrupted: stopping the {} appliances this up started",
             started.len()
         );
-        for e in up::down(plan, &started) {
-            eprintln!("herd: warning: {e}");
-        }
+        stop_started(plan, &started);
         return EXIT_INTERRUPTED;
     }
     let (job_outcomes, services): (Vec<_>, Vec<_>) =
@@ -309,12 +316,13 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
     if exit {
         let v = verdict::verdict(plan, &job_outcomes);
         print!("{}", v.text);
-        for e in up::down(plan, &selected)
-            .into_iter()
-            .chain(up::network_down(plan))
-        {
-            eprintln!("herd: warning: {e}");
-        }
+        // What ran before stays; what this up started goes.
+        let started: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|i| !was_running.contains(i))
+            .collect();
+        stop_started(plan, &started);
         return if v.failed == 0 && v.passed > 0 && services_ok {
             EXIT_OK
         } else {
@@ -344,6 +352,80 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
         eprintln!("herd: warning: {e}");
     }
     EXIT_OK
+}
+
+/// Stops `started`; the network goes too if nothing of the stack runs.
+fn stop_started(plan: &Plan, started: &[usize]) {
+    for e in up::down(plan, started) {
+        eprintln!("herd: warning: {e}");
+    }
+    if !plan
+        .instances
+        .iter()
+        .any(|i| launch::is_running(&i.runtime_name))
+    {
+        for e in up::network_down(plan) {
+            eprintln!("herd: warning: {e}");
+        }
+    }
+}
+
+/// `herd restart NAMES`: each stopped gracefully and started again.
+fn restart(path: &Path, names: &[String]) -> u8 {
+    let stack = match load(path, &resolve_image) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let plan = &stack.plan;
+    let mut chosen = Vec::new();
+    for n in names {
+        let found: Vec<usize> = plan
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| &i.group == n || &i.name == n)
+            .map(|(k, _)| k)
+            .collect();
+        if found.is_empty() {
+            return fail(
+                EXIT_BAD_INPUT,
+                format!("no appliance {n} in {}", path.display()),
+            );
+        }
+        chosen.extend(found);
+    }
+    let _op = match supervisor::op_lock(&plan.work_dir) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_HOST_FAILURE, e),
+    };
+    if let Err(e) = up::network_up(plan) {
+        return fail(EXIT_HOST_FAILURE, e);
+    }
+    let mut outcomes = Vec::new();
+    for &i in &chosen {
+        let inst = &plan.instances[i];
+        if let Err(e) = launch::stop(inst) {
+            outcomes.push(up::Outcome::failed(i, format!("cannot stop it: {e}")));
+            continue;
+        }
+        let mut o = up::start_one(plan, i, false);
+        if o.action == up::Action::Started {
+            o.action = up::Action::Restarted;
+        }
+        events::record(
+            &plan.work_dir,
+            &inst.name,
+            o.action.event(),
+            o.error.as_deref().unwrap_or("herd restart"),
+        );
+        outcomes.push(o);
+    }
+    print!("{}", up::table(plan, &outcomes));
+    if outcomes.iter().any(|o| o.action == up::Action::Failed) {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
 }
 
 /// Lets `down` work even when an image has since been removed.
