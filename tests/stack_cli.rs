@@ -606,7 +606,7 @@ fn ctrl_c_during_up_leaves_nothing_running() {
          [appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
         probe()
     ));
-    let mut child = Command::new(herd_bin())
+    let child = Command::new(herd_bin())
         .arg("up")
         .current_dir(&d.path)
         .env("HERD_RUNTIME", d.path.join("rt"))
