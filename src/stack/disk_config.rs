@@ -115,33 +115,26 @@ pub fn write_config(plan: &Plan, inst: &Instance) -> Result<(), DiskConfigError>
             local.display()
         ));
     }
-    let result = debugfs(disk, &commands).and_then(|()| {
-        for (name, contents) in &files {
-            let got = debugfs_cat(disk, &format!("config/{name}"))?;
-            if got != *contents {
-                return Err(DiskConfigError::Write {
-                    name: inst.name.clone(),
-                    file: name,
-                    disk: disk.to_owned(),
-                    detail: "it reads back differently".into(),
-                });
-            }
-        }
-        Ok(())
-    });
+    let written = debugfs(disk, &commands);
     let _ = std::fs::remove_dir_all(&scratch);
-    result.map_err(|e| match e {
-        DiskConfigError::Write { detail, .. } => DiskConfigError::Write {
-            name: inst.name.clone(),
-            file: "hosts",
-            disk: disk.to_owned(),
-            detail,
-        },
-        other => other,
-    })
+    let failed = |file: &'static str, detail: String| DiskConfigError::Write {
+        name: inst.name.clone(),
+        file,
+        disk: disk.to_owned(),
+        detail,
+    };
+    written.map_err(|detail| failed("hosts", detail))?;
+    // debugfs reports some failures only on stderr: read each file back.
+    for (name, contents) in &files {
+        if debugfs_cat(disk, &format!("config/{name}"))? != *contents {
+            return Err(failed(name, "it reads back differently".into()));
+        }
+    }
+    Ok(())
 }
 
-fn debugfs(disk: &Path, commands: &str) -> Result<(), DiskConfigError> {
+/// Runs debugfs commands on `disk`; Err(stderr) if debugfs fails.
+fn debugfs(disk: &Path, commands: &str) -> Result<(), String> {
     let mut child = Command::new("debugfs")
         .arg("-w")
         .arg("-f")
@@ -151,28 +144,17 @@ fn debugfs(disk: &Path, commands: &str) -> Result<(), DiskConfigError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|source| DiskConfigError::NoTool {
-            tool: "debugfs",
-            source,
-        })?;
+        .map_err(|e| format!("cannot run debugfs ({e}); install e2fsprogs"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(commands.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|source| DiskConfigError::NoTool {
-            tool: "debugfs",
-            source,
-        })?;
+        .map_err(|e| format!("debugfs: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(DiskConfigError::Write {
-            name: String::new(),
-            file: "hosts",
-            disk: disk.to_owned(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
 
