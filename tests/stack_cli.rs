@@ -630,3 +630,32 @@ fn ctrl_c_during_up_leaves_nothing_running() {
     assert!(stderr.contains("interrupted: stopping the"), "{stderr}");
     assert!(d.running().is_empty(), "left running: {:?}", d.running());
 }
+
+#[test]
+fn replicas_queue_under_a_vm_cap() {
+    if !kvm_present("stack_cli") {
+        return;
+    }
+    let d = Dir::new("cap");
+    d.write(&format!(
+        "name = \"cap\"\n[appliances.job]\nkernel = \"{}\"\nmem = 32\nreplicas = 12\n\
+         cmdline = \"probe.action=exit:0\"\n",
+        probe()
+    ));
+    let mut cmd = Command::new(herd_bin());
+    cmd.args(["up", "--exit", "job"])
+        .current_dir(&d.path)
+        .env("HERD_RUNTIME", d.path.join("rt"))
+        .env("HERD_HOME", d.path.join("store"))
+        .env("HERD_MAX_VMS", "3")
+        .env("HERD_VM_SLOTS_DIR", d.path.join("slots"))
+        .stdin(Stdio::null());
+    let out = run_with_timeout(cmd, WAIT, "herd up --exit under HERD_MAX_VMS=3");
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("verdict: PASSED (12 passed, 0 failed, of 12)"),
+        "{}",
+        out.dump()
+    );
+}

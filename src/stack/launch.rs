@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -100,8 +101,22 @@ pub fn is_running(runtime_name: &str) -> bool {
     liveness(runtime_name) == Some(Liveness::Running)
 }
 
+/// Under a cap on running VMs (HERD_MAX_VMS), launches go one at a time,
+/// each once a slot is free, so many replicas queue instead of failing.
+fn slot_gate() -> Option<MutexGuard<'static, ()>> {
+    static GATE: Mutex<()> = Mutex::new(());
+    crate::vm_slots::free()?;
+    let guard = GATE.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while crate::vm_slots::free() == Some(0) && Instant::now() < deadline && !super::interrupted() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(guard)
+}
+
 /// Starts the instance detached; returns when its VM runs.
 pub fn start(plan: &Plan, inst: &Instance) -> Result<SystemTime, String> {
+    let _gate = slot_gate();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find herd's binary: {e}"))?;
     let mut args = run_args(plan, inst);
     args.insert(1, "--detach".into());
