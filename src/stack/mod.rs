@@ -3,6 +3,7 @@
 //! `herd down`, `herd up --exit` verdicts for load tests, `herd upgrade`
 //! with automatic rollback and `herd rollback`.
 
+mod checks;
 mod disk_config;
 mod events;
 pub mod file;
