@@ -29,7 +29,9 @@ impl Dir {
         f
     }
 
-    pub fn herd(&self, args: &[&str]) -> Run {
+    /// `herd ARGS` in the stack directory, with its runtime directory and
+    /// image store, and no VM cap.
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(herd_bin());
         cmd.args(args)
             .current_dir(&self.path)
@@ -37,7 +39,11 @@ impl Dir {
             .env("HERD_HOME", self.path.join("store"))
             .env_remove("HERD_MAX_VMS")
             .stdin(Stdio::null());
-        run_with_timeout(cmd, WAIT, &format!("herd {args:?}"))
+        cmd
+    }
+
+    pub fn herd(&self, args: &[&str]) -> Run {
+        run_with_timeout(self.cmd(args), WAIT, &format!("herd {args:?}"))
     }
 
     /// Appliances with a runtime directory (any that ever started).

@@ -1,11 +1,8 @@
 //! `herd up --exit`: verdicts over many replicas, and replicas queueing
 //! under a VM cap.
 
-use std::process::{Command, Stdio};
-
 use crate::harness::{probe, Dir, WAIT};
 use crate::support::herd_run::{kvm_present, run_with_timeout};
-use crate::support::probes::herd_bin;
 
 #[test]
 fn exit_verdict_of_100_replicas_reports_the_failing_one() {
@@ -70,14 +67,9 @@ fn replicas_queue_under_a_vm_cap() {
          cmdline = \"probe.action=exit:0\"\n",
         probe()
     ));
-    let mut cmd = Command::new(herd_bin());
-    cmd.args(["up", "--exit", "job"])
-        .current_dir(&d.path)
-        .env("HERD_RUNTIME", d.path.join("rt"))
-        .env("HERD_HOME", d.path.join("store"))
-        .env("HERD_MAX_VMS", "3")
-        .env("HERD_VM_SLOTS_DIR", d.path.join("slots"))
-        .stdin(Stdio::null());
+    let mut cmd = d.cmd(&["up", "--exit", "job"]);
+    cmd.env("HERD_MAX_VMS", "3")
+        .env("HERD_VM_SLOTS_DIR", d.path.join("slots"));
     let out = run_with_timeout(cmd, WAIT, "herd up --exit under HERD_MAX_VMS=3");
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     assert!(

@@ -1,12 +1,11 @@
 //! Stacks of services: idempotent `up`, `restart`, `down`, the supervisor
 //! after `kill -9`, Ctrl-C during `up`.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{probe, Dir};
 use crate::support::herd_run::kvm_present;
-use crate::support::probes::herd_bin;
 
 fn service_stack(d: &Dir, mem: u32) {
     // `kbd` probes power off on Ctrl-Alt-Del: a graceful stop.
@@ -171,12 +170,8 @@ fn ctrl_c_during_up_leaves_nothing_running() {
          [appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
         probe()
     ));
-    let child = Command::new(herd_bin())
-        .arg("up")
-        .current_dir(&d.path)
-        .env("HERD_RUNTIME", d.path.join("rt"))
-        .env("HERD_HOME", d.path.join("store"))
-        .stdin(Stdio::null())
+    let child = d
+        .cmd(&["up"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
