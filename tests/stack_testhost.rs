@@ -4,7 +4,8 @@
 //! brings it up, the client gets the page and counts a visit in redis,
 //! `herd ps` lists it, `kill -9` of redis's herd is healed by the
 //! supervisor, `herd down` leaves no herd, TAP or bridge, and the next `up`
-//! finds redis's data. One test-host boot runs the scenario; each test
+//! finds redis's data; then 10 client replicas against one web server
+//! and a failing client give one verdict. One test-host boot runs the scenario; each test
 //! checks its part. Run under the shared lock:
 //! `flock /tmp/herd-testhost.lock cargo test --test stack_testhost`.
 
@@ -22,15 +23,26 @@ use support::testhost::{Scenario, ScenarioResult, TestHost};
 const SCRIPT: &str = r#"
 export HERD_HOME=/store
 say() { echo "stack-test: $*"; }
-cd /guest/stacks/demo || exit 1
-herd up -d
-say "up status=$?"
-herd ps | sed 's/^/ps: /'
+# wait_exit NAME: until the appliance's job has ended.
+wait_exit() {
+	i=0
+	until herd ps -a | grep -q "^$1 .*exited" || [ $i -gt 600 ]; do sleep 1; i=$((i + 1)); done
+}
+# client TAG: the client job once more (up --exit), its verdict and output.
 client() {
-	herd up --exit client | sed 's/^/verdict: /'
-	say "client status=$?"
+	herd up --exit client >/tmp/verdict 2>&1
+	st=$?
+	sed 's/^/verdict: /' /tmp/verdict
+	say "client status=$st"
 	herd logs demo-client | tr -d '\r' | grep -E '<h1>|visits=' | sed "s/^/client$1: /"
 }
+cd /guest/stacks/demo || exit 1
+herd up -d >/tmp/up 2>&1
+say "up status=$?"
+sed 's/^/up: /' /tmp/up
+herd ps | sed 's/^/ps: /'
+wait_exit demo-client
+herd logs demo-client | tr -d '\r' | grep -E '<h1>|visits=' | sed 's/^/client0: /'
 client 1
 # kill -9 redis's herd: the supervisor (restart = on-failure) restarts it.
 kill -9 "$(cat /run/herd/demo-redis/pid)"
@@ -45,12 +57,46 @@ sleep 1
 say "herd processes: $(ps -o args | grep -c '^[h]erd \|/[h]erd ')"
 say "links: $(ls /sys/class/net | tr '\n' ' ')"
 # Up again: the disks were kept, redis still has the visits.
-herd up -d >/dev/null
+herd up -d >/dev/null 2>&1
 say "up2 status=$?"
-client 3
+wait_exit demo-client
+herd logs demo-client | tr -d '\r' | grep -E 'visits=' | sed 's/^/client3: /'
 herd down --volumes
 say "down2 status=$?"
 say "disks left: $(ls .herd/demo/ 2>/dev/null | grep -c img)"
+
+# Load test: 10 client replicas against one web server, and one client
+# that fails (a page that does not exist), one verdict.
+mkdir -p /tmp/load && cd /tmp/load || exit 1
+cat >herd.toml <<'EOF'
+name = "load"
+[network]
+name = "herd-load"
+subnet = "10.21.0.1/24"
+[defaults]
+image = "base"
+mem = 96
+cmdline = "quiet"
+[appliances.web]
+personality = "/guest/personalities/web"
+disk_size = "16M"
+health = { http = "/", port = 80, retries = 300 }
+[appliances.client]
+replicas = 10
+personality = "/guest/stacks/demo/client"
+disk_size = "8M"
+depends_on = ["web"]
+run = "wget -qO- http://web/ | grep -q '<h1>'"
+[appliances.broken]
+personality = "/guest/stacks/demo/client"
+disk_size = "8M"
+depends_on = ["web"]
+run = "wget -qO- http://web/missing.html"
+EOF
+herd up --exit client broken >/tmp/load.out 2>&1
+say "load status=$?"
+sed 's/^/load: /' /tmp/load.out
+herd down --volumes >/dev/null 2>&1
 exit 0
 "#;
 
@@ -78,7 +124,7 @@ fn setup() -> Result<Suite, String> {
     }
     let mut sc = Scenario::new("stack_testhost", SCRIPT)
         .herd(herd())
-        .timeout(Duration::from_secs(900));
+        .timeout(Duration::from_secs(1500));
     let mut files = Vec::new();
     for sub in ["stacks/demo", "personalities/web"] {
         files_below(
@@ -132,9 +178,11 @@ fn the_example_stack_comes_up_and_answers_the_client() {
     check("ps: ", "demo-web");
     check("ps: ", "demo-redis");
     check("ps: ", "10.20.0.2");
+    check("client0: ", "<h1>");
+    check("client0: ", "visits=1");
     check("verdict: ", "verdict: PASSED (1 passed, 0 failed, of 1)");
-    check("client1: ", "<h1>");
-    check("client1: ", "visits=1");
+    check("stack-test: ", "client status=0");
+    check("client1: ", "visits=2");
 }
 
 #[test]
@@ -144,7 +192,7 @@ fn kill_9_of_an_appliance_is_healed_by_the_supervisor() {
         "redis  died (its herd died (killed?); restarting)",
     );
     check("events: ", "redis  restarted");
-    check("client2: ", "visits=2");
+    check("client2: ", "visits=3");
 }
 
 #[test]
@@ -157,7 +205,18 @@ fn down_leaves_no_herd_tap_or_bridge_and_up_again_finds_the_data() {
             .fail("a TAP or the bridge survived herd down");
     }
     check("stack-test: ", "up2 status=0");
-    check("client3: ", "visits=3");
+    check("client3: ", "visits=4");
     check("stack-test: ", "down2 status=0");
     check("stack-test: ", "disks left: 0");
+}
+
+#[test]
+fn ten_linux_client_replicas_get_one_verdict_with_the_failure_tail() {
+    check("load: ", "verdict: FAILED (10 passed, 1 failed, of 11)");
+    check("load: ", "exit statuses: 0 x10, 1 x1");
+    check("load: ", "run time: p50 ");
+    check("load: ", "failed: broken (load-broken): exit status 1");
+    // broken's console tail: wget's complaint about the missing page.
+    check("load:   | ", "404");
+    check("stack-test: ", "load status=1");
 }

@@ -330,20 +330,18 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
             EXIT_FAILED
         };
     }
-    if !services_ok {
-        return EXIT_FAILED;
-    }
     drop(op);
     let supervised = selected
         .iter()
         .any(|&i| plan.instances[i].restart != file::Restart::No);
-    if detach {
+    if detach || !services_ok {
+        // What runs keeps its restart policy, even after a failed up.
         if supervised {
             if let Err(e) = supervisor::spawn(path, &plan.work_dir) {
                 return fail(EXIT_HOST_FAILURE, e);
             }
         }
-        return EXIT_OK;
+        return if services_ok { EXIT_OK } else { EXIT_FAILED };
     }
     println!(
         "herd: the stack runs; Ctrl-C stops its appliances (herd down also removes its network)"

@@ -284,16 +284,27 @@ pub fn plan(
                 );
             }
         }
-        if let Some(run) = &s.run {
-            if run.contains('"') {
-                let span = key.span();
+        for (k, text) in [("run", &s.run), ("cmdline", &s.cmdline)] {
+            let Some(text) = text else { continue };
+            if text.chars().any(|c| !(' '..='~').contains(&c)) {
                 return p.err(
-                    span,
-                    "run",
-                    "the command cannot contain double quotes (it goes on the kernel command \
-                     line as herd.run=\"...\"); use single quotes",
+                    key.span(),
+                    k,
+                    format!(
+                        "{group}'s {k} has a control or non-ASCII character (a TOML \"\\r\" or \
+                         \"\\n\" escape?); the kernel command line takes printable ASCII only: \
+                         write \\\\r to pass a backslash"
+                    ),
                 );
             }
+        }
+        if s.run.as_ref().is_some_and(|r| r.contains('"')) {
+            return p.err(
+                key.span(),
+                "run",
+                "the command cannot contain double quotes (it goes on the kernel command \
+                 line as herd.run=\"...\"); use single quotes",
+            );
         }
         for i in 1..=replicas {
             let name = if replicas > 1 || s.replicas.is_some() {
@@ -434,6 +445,9 @@ mod tests {
                 "herd.toml:6: disk: two appliances on one disk",
             ),
         ];
+        let control = "[appliances.a]\nimage = \"b\"\nrun = \"tr -d '\\r'\"\n";
+        let e = plan_text(control).unwrap_err();
+        assert!(e.contains("herd.toml:1: run: a's run has a control"), "{e}");
         for (text, want) in cases {
             let e = plan_text(text).unwrap_err();
             assert!(e.contains(want), "{e} !~ {want}");
