@@ -4,7 +4,8 @@
 //! brings it up, the client gets the page and counts a visit in redis,
 //! `herd ps` lists it, `kill -9` of redis's herd is healed by the
 //! supervisor, `herd down` leaves no herd, TAP or bridge, and the next `up`
-//! finds redis's data; then 10 client replicas against one web server
+//! finds redis's data; redis upgraded to a good image keeps its data, to
+//! a failing one is rolled back; then 10 client replicas against one web server
 //! and a failing client give one verdict. One test-host boot runs the scenario; each test
 //! checks its part. Run under the shared lock:
 //! `flock /tmp/herd-testhost.lock cargo test --test stack_testhost`.
@@ -51,16 +52,29 @@ until herd events | grep -q 'redis  restarted' || [ $i -gt 300 ]; do sleep 1; i=
 herd events | sed 's/^/events: /'
 herd ps | sed 's/^/ps2: /'
 client 2
+# Upgrades: redis:2 comes up healthy and keeps the data; redis:3 never
+# listens, so it is rolled back to redis:2, which serves again.
+herd upgrade redis --image redis:2 --timeout 300 >/tmp/upgrade 2>&1
+say "upgrade status=$?"
+sed 's/^/upgrade: /' /tmp/upgrade
+client 4
+herd upgrade redis --image redis:3 --timeout 60 >/tmp/upgrade 2>&1
+say "bad upgrade status=$?"
+sed 's/^/badupgrade: /' /tmp/upgrade
+herd ps | sed 's/^/ps3: /'
+client 5
 herd down
 say "down status=$?"
 sleep 1
 say "herd processes: $(ps -o args | grep -c '^[h]erd \|/[h]erd ')"
 say "links: $(ls /sys/class/net | tr '\n' ' ')"
-# Up again: the disks were kept, redis still has the visits.
+# Up again: the disks were kept, redis still has the visits, and runs the
+# image it was upgraded to (the state file).
 herd up -d >/dev/null 2>&1
 say "up2 status=$?"
 wait_exit demo-client
 herd logs demo-client | tr -d '\r' | grep -E 'visits=' | sed 's/^/client3: /'
+herd ps | sed 's/^/ps4: /'
 herd down --volumes
 say "down2 status=$?"
 say "disks left: $(ls .herd/demo/ 2>/dev/null | grep -c img)"
@@ -122,6 +136,28 @@ fn setup() -> Result<Suite, String> {
     for name in ["base", "redis"] {
         example(name)?;
     }
+    // redis:2, the same image again; redis:3, whose redis never listens.
+    let defs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("herd-stack-defs");
+    std::fs::create_dir_all(&defs).map_err(|e| e.to_string())?;
+    let redis = std::fs::read_to_string(repo().join("guest-images/images/redis.toml"))
+        .map_err(|e| e.to_string())?;
+    let files = repo().join("guest-images/images/redis");
+    let files_line = format!("files = {:?}", files.display().to_string());
+    for (version, service) in [("2", None), ("3", Some("redis = \"exec sleep 3600\""))] {
+        let mut def = redis
+            .replace("version = \"1\"", &format!("version = \"{version}\""))
+            .replace("files = \"redis\"", &files_line);
+        if let Some(service) = service {
+            let start = def
+                .find("[services]")
+                .ok_or("redis.toml has no [services]")?;
+            let end = def[start..].find("\n\n").map_or(def.len(), |e| start + e);
+            def.replace_range(start..end, &format!("[services]\n{service}"));
+        }
+        let path = defs.join(format!("redis{version}.toml"));
+        std::fs::write(&path, def).map_err(|e| e.to_string())?;
+        store::build(&path)?;
+    }
     let mut sc = Scenario::new("stack_testhost", SCRIPT)
         .herd(herd())
         .timeout(Duration::from_secs(1500));
@@ -138,8 +174,13 @@ fn setup() -> Result<Suite, String> {
             sc = sc.file(&src, &rel.to_string_lossy());
         }
     }
-    for name in ["base", "redis"] {
-        for (src, dest) in store_files(name, "1", "/store")? {
+    for (name, version) in [
+        ("base", "1"),
+        ("redis", "1"),
+        ("redis", "2"),
+        ("redis", "3"),
+    ] {
+        for (src, dest) in store_files(name, version, "/store")? {
             sc = sc.file(Path::new(&src), &dest);
         }
     }
@@ -196,6 +237,20 @@ fn kill_9_of_an_appliance_is_healed_by_the_supervisor() {
 }
 
 #[test]
+fn upgrade_keeps_the_data_and_a_failing_image_is_rolled_back() {
+    check("stack-test: ", "upgrade status=0");
+    check("upgrade: ", "herd: redis upgraded to redis:2");
+    check("client4: ", "visits=4");
+    check("stack-test: ", "bad upgrade status=1");
+    check("badupgrade: ", "upgrade of redis to redis:3 failed");
+    check("badupgrade: ", "rolled back: it runs redis:2 again");
+    check("ps3: ", "redis:2");
+    check("client5: ", "visits=5");
+    // `up` after the upgrade keeps redis:2.
+    check("ps4: ", "redis:2");
+}
+
+#[test]
 fn down_leaves_no_herd_tap_or_bridge_and_up_again_finds_the_data() {
     check("stack-test: ", "down status=0");
     check("stack-test: ", "herd processes: 0");
@@ -205,7 +260,7 @@ fn down_leaves_no_herd_tap_or_bridge_and_up_again_finds_the_data() {
             .fail("a TAP or the bridge survived herd down");
     }
     check("stack-test: ", "up2 status=0");
-    check("client3: ", "visits=4");
+    check("client3: ", "visits=6");
     check("stack-test: ", "down2 status=0");
     check("stack-test: ", "disks left: 0");
 }
