@@ -346,7 +346,12 @@ fn up(path: &Path, names: &[String], detach: bool, exit: bool) -> u8 {
     println!(
         "herd: the stack runs; Ctrl-C stops its appliances (herd down also removes its network)"
     );
-    supervisor::watch(path, &plan.work_dir);
+    if let Err(e) = supervisor::supervise_here(path, &plan.work_dir) {
+        eprintln!("herd: warning: not supervising: {e}");
+        while !interrupted() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     for e in up::down(plan, &selected) {
         eprintln!("herd: warning: {e}");
     }

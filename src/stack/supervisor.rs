@@ -137,31 +137,36 @@ pub fn supervise(stack_file: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
-    let work_dir = stack.plan.work_dir.clone();
-    let lock = match open_lock(&work_dir.join(SUPERVISOR_LOCK)) {
-        Ok(l) => l,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
-    if !try_lock(&lock, true) {
-        return fail(
-            EXIT_BAD_INPUT,
-            format!("stack {} already has a supervisor", stack.plan.stack),
-        );
+    match supervise_here(stack_file, &stack.plan.work_dir) {
+        Ok(()) => EXIT_OK,
+        Err(e) => fail(EXIT_BAD_INPUT, e),
     }
-    let _ = std::fs::write(
-        work_dir.join(SUPERVISOR_PID),
-        format!("{}\n", std::process::id()),
-    );
-    events::record(
-        &work_dir,
-        "-",
-        "supervisor started",
-        &format!("pid {}", std::process::id()),
-    );
-    watch(stack_file, &work_dir);
-    events::record(&work_dir, "-", "supervisor stopped", "");
+}
+
+/// Supervises the stack in this process until SIGINT/SIGTERM (`herd
+/// down` sends SIGTERM to whoever holds the supervisor lock). If another
+/// process supervises it already, only waits for the signal.
+pub fn supervise_here(stack_file: &Path, work_dir: &Path) -> Result<(), String> {
+    let lock = open_lock(&work_dir.join(SUPERVISOR_LOCK))?;
+    if !try_lock(&lock, true) {
+        while !crate::interrupt::interrupted() {
+            std::thread::sleep(TICK);
+        }
+        return Ok(());
+    }
+    let pid = std::process::id();
+    std::fs::write(work_dir.join(SUPERVISOR_PID), format!("{pid}\n")).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            work_dir.join(SUPERVISOR_PID).display()
+        )
+    })?;
+    events::record(work_dir, "-", "supervisor started", &format!("pid {pid}"));
+    watch(stack_file, work_dir);
+    events::record(work_dir, "-", "supervisor stopped", "");
     let _ = std::fs::remove_file(work_dir.join(SUPERVISOR_PID));
-    EXIT_OK
+    drop(lock);
+    Ok(())
 }
 
 #[derive(Default)]
@@ -193,7 +198,7 @@ fn verdict(name: &str, liveness: Liveness, policy: Restart) -> (String, bool) {
 }
 
 /// The supervision loop, until SIGINT/SIGTERM.
-pub fn watch(stack_file: &Path, work_dir: &Path) {
+fn watch(stack_file: &Path, work_dir: &Path) {
     let mut watched: BTreeMap<String, Watched> = BTreeMap::new();
     while !crate::interrupt::interrupted() {
         std::thread::sleep(TICK);

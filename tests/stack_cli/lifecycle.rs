@@ -190,3 +190,36 @@ fn ctrl_c_during_up_leaves_nothing_running() {
     assert!(stderr.contains("interrupted: stopping the"), "{stderr}");
     assert!(d.running().is_empty(), "left running: {:?}", d.running());
 }
+
+#[test]
+fn a_foreground_up_supervises_until_herd_down() {
+    if !kvm_present("stack_cli") {
+        return;
+    }
+    let d = Dir::new("fg");
+    d.write(&format!(
+        "name = \"fg\"\n[appliances.web]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
+         restart = \"always\"\nhealth = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n",
+        probe()
+    ));
+    let mut child = d
+        .cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !d.herd(&["events"]).stdout.contains("supervisor started")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.running(), ["fg-web"]);
+    // `down` from elsewhere ends the foreground up; `always` restarts nothing.
+    let out = d.herd(&["down"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "foreground up: {status}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(d.running().is_empty(), "{:?}", d.running());
+}
