@@ -92,7 +92,8 @@ pub enum StackCommand {
         file: FileArg,
     },
     /// Stop a stack's appliances (or replicas) gracefully and start them
-    /// again, waiting until they are ready and healthy.
+    /// again, waiting until they are ready and healthy. NAMES are stack
+    /// names (`web`, `web-2`) or host names (`demo-web`).
     Restart {
         #[arg(required = true)]
         names: Vec<String>,
@@ -387,7 +388,7 @@ fn restart(path: &Path, names: &[String]) -> u8 {
             .instances
             .iter()
             .enumerate()
-            .filter(|(_, i)| &i.group == n || &i.name == n)
+            .filter(|(_, i)| &i.group == n || &i.name == n || &i.runtime_name == n)
             .map(|(k, _)| k)
             .collect();
         if found.is_empty() {

@@ -70,7 +70,7 @@ fn up_is_idempotent_restarts_only_what_changed_and_down_stops_all() {
 
     // `herd restart` restarts what it names, nothing else.
     let before = pids(&d);
-    let out = d.herd(&["restart", "worker-2"]);
+    let out = d.herd(&["restart", "sv-worker-2"]);
     assert!(out.status.success(), "{}", out.dump());
     assert!(out.stdout.contains("restarted"), "{}", out.dump());
     let after = pids(&d);
