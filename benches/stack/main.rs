@@ -99,7 +99,7 @@ fn main() {
         up.push(herd(&dir.0, &["up", "-d", "-f", &five]));
         again.push(herd(&dir.0, &["up", "-d", "-f", &five]));
         down.push(herd(&dir.0, &["down", "-f", &five]));
-        verdict.push(herd(&dir.0, &["up", "--exit", "-f", &hundred]));
+        verdict.push(herd(&dir.0, &["up", "--exit", "-f", &hundred, "client"]));
     }
     let mut table = String::from(
         "| stack (probe guests, local KVM) | median | min | max |\n|---|---|---|---|\n",
