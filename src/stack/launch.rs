@@ -58,7 +58,11 @@ pub fn run_args(plan: &Plan, inst: &Instance) -> Vec<String> {
         args.extend(["--disk".into(), disk.path().display().to_string()]);
     }
     if let (Some(tap), Some(net)) = (&inst.tap, &plan.network) {
-        args.extend(["--net".into(), format!("tap={tap},bridge={}", net.bridge)]);
+        let mac = inst.mac.as_deref().map(|m| format!(",mac={m}"));
+        args.extend([
+            "--net".into(),
+            format!("tap={tap}{},bridge={}", mac.unwrap_or_default(), net.bridge),
+        ]);
     }
     args.extend([
         "--mem".into(),

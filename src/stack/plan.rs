@@ -58,6 +58,8 @@ pub struct Instance {
     pub disk: Option<DiskSource>,
     pub address: Option<Ipv4Addr>,
     pub tap: Option<String>,
+    /// Its NIC's MAC (with a network): distinct within the stack.
+    pub mac: Option<String>,
     pub mem: u64,
     pub cpus: u32,
     pub cmdline: Option<String>,
@@ -100,6 +102,17 @@ fn tap_name(runtime_name: &str) -> String {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
     format!("hd-{h:08x}")
+}
+
+/// A locally administered unicast MAC from the host name: the same on
+/// every `up`, distinct per appliance (checked in `plan`).
+fn mac_for(runtime_name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(runtime_name.as_bytes());
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[0], h[1], h[2], h[3], h[4]
+    )
 }
 
 fn relative_to(dir: &Path, p: &Path) -> PathBuf {
@@ -335,6 +348,7 @@ pub fn plan(
             };
             instances.push(Instance {
                 tap: network.as_ref().map(|_| tap_name(&runtime_name)),
+                mac: network.as_ref().map(|_| mac_for(&runtime_name)),
                 name,
                 group: group.clone(),
                 runtime_name,
@@ -366,6 +380,27 @@ pub fn plan(
     }
     if let Some(net) = &network {
         assign_addresses(&p, net, &mut instances, &explicit)?;
+    }
+    let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+    for i in &instances {
+        for (kind, v) in [("MAC", &i.mac), ("TAP", &i.tap)] {
+            let Some(v) = v else { continue };
+            if let Some(other) = seen.insert((kind.to_owned(), v.clone()), &i.name) {
+                let span = file
+                    .appliances
+                    .keys()
+                    .find(|k| k.get_ref() == &i.group)
+                    .map_or(0..0, Spanned::span);
+                return p.err(
+                    span,
+                    &i.group,
+                    format!(
+                        "{} and {other} would share the {kind} {v}; rename one",
+                        i.name
+                    ),
+                );
+            }
+        }
     }
     instances.sort_by(|a, b| a.level.cmp(&b.level).then_with(|| a.name.cmp(&b.name)));
     Ok(Plan {
@@ -422,6 +457,9 @@ mod tests {
         assert_eq!(p.instances[1].runtime_name, "t-cl-1");
         let taps: BTreeSet<_> = p.instances.iter().map(|i| i.tap.clone()).collect();
         assert_eq!(taps.len(), 4);
+        let macs: BTreeSet<_> = p.instances.iter().map(|i| i.mac.clone().unwrap()).collect();
+        assert_eq!(macs.len(), 4);
+        assert!(macs.iter().all(|m| m.starts_with("02:") && m.len() == 17));
     }
 
     #[test]

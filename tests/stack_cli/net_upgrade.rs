@@ -99,6 +99,16 @@ fn network_disks_and_the_hosts_file() {
     assert!(debugfs_cat(&w2, "config/network").contains("ADDRESS=10.66.0.3/24"));
     let ps = ns.herd(&d, &["ps", "--json"]);
     assert!(ps.stdout.contains("\"10.66.0.10\""), "{}", ps.dump());
+    // Each NIC its own MAC.
+    let macs: std::collections::BTreeSet<String> = ["nt-db", "nt-web-1", "nt-web-2"]
+        .iter()
+        .map(|n| {
+            let out = ns.herd(&d, &["inspect", n]);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            v["vm"]["nets"][0]["mac"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(macs.len(), 3, "{macs:?}");
 
     // down: no TAP, no bridge; disks kept, and the next up uses them as
     // they are (a file written on one survives), addresses unchanged.
