@@ -241,3 +241,49 @@ fn upgrade_rolls_back_when_unhealthy_and_rollback_goes_back() {
     assert_eq!(out.code(), Some(2), "{}", out.dump());
     assert!(d.herd(&["down"]).status.success());
 }
+
+#[test]
+fn replicas_upgrade_one_at_a_time_and_stop_at_the_first_unhealthy() {
+    if !kvm_present("stack_cli") {
+        return;
+    }
+    let d = Dir::new("upgrade-replicas");
+    probe_store(&d);
+    d.write(
+        "name = \"ur\"\n[appliances.app]\nimage = \"app:1\"\nmem = 32\nreplicas = 3\n\
+         cmdline = \"probe.action=kbd\"\n\
+         health = { console = \"kbd listening\", interval = 0.1, retries = 50 }\n",
+    );
+    let out = d.herd(&["up", "-d"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let pid = |name: &str| {
+        d.ps()
+            .iter()
+            .find(|r| r["name"] == name && r["state"] == "running")
+            .map(|r| r["pid"].clone())
+    };
+    let (p2, p3) = (pid("ur-app-2"), pid("ur-app-3"));
+    // A check app:3 (the linux64 probe) fails and app:1 passes.
+    d.write(
+        "name = \"ur\"\n[appliances.app]\nimage = \"app:1\"\nmem = 32\nreplicas = 3\n\
+         cmdline = \"probe.action=kbd\"\n\
+         health = { console = \"entry=pvh\", interval = 0.1, retries = 50 }\n",
+    );
+    let out = d.herd(&["upgrade", "app", "--image", "app:3", "--timeout", "10"]);
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("app-1: app:3 failed"), "{}", out.dump());
+    assert!(
+        !out.stderr.contains("app-2: app:3"),
+        "went on after the first: {}",
+        out.dump()
+    );
+    // The two others were never touched.
+    assert_eq!((pid("ur-app-2"), pid("ur-app-3")), (p2, p3));
+    let inspect = d.herd(&["inspect", "ur-app-1"]);
+    assert!(
+        inspect.stdout.contains("app/1/image.erofs"),
+        "{}",
+        inspect.dump()
+    );
+    assert!(d.herd(&["down"]).status.success());
+}
