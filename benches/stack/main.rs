@@ -49,18 +49,6 @@ fn herd(dir: &Path, args: &[&str]) -> f64 {
     took
 }
 
-fn stats(samples: &[f64]) -> (f64, f64, f64) {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    let median = if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    };
-    (median, v[0], v[v.len() - 1])
-}
-
 fn main() {
     if !probes::kvm_available() {
         eprintln!("SKIP: /dev/kvm absent or unusable — the stack bench did not run");
@@ -113,7 +101,9 @@ fn main() {
         ("`herd down`, 5 appliances (graceful stop)", &down),
         ("`herd up --exit`, 100 replicas, to the verdict", &verdict),
     ] {
-        let (m, lo, hi) = stats(samples);
+        let Some((m, lo, hi)) = results::median_min_max(samples) else {
+            continue;
+        };
         table += &format!("| {name} | {m:.2} s | {lo:.2} s | {hi:.2} s |\n");
     }
     table += &format!("\n{} runs each.\n", runs());

@@ -87,6 +87,16 @@ impl Drop for Dir {
     }
 }
 
+/// A stack file's head: NAME, and defaults booting `kbd` probes (which
+/// power off on Ctrl-Alt-Del: a graceful stop), healthy once listening.
+pub fn kbd_stack(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
+         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n",
+        probe()
+    )
+}
+
 pub fn probe() -> String {
     probe_path("probe-pvh.elf").display().to_string()
 }

@@ -4,17 +4,14 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{probe, Dir};
+use crate::harness::{kbd_stack, Dir};
 use crate::support::herd_run::kvm_present;
 
 fn service_stack(d: &Dir, mem: u32) {
-    // `kbd` probes power off on Ctrl-Alt-Del: a graceful stop.
     d.write(&format!(
-        "name = \"sv\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
-         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n\
-         [appliances.db]\n[appliances.web]\nmem = {mem}\ndepends_on = [\"db\"]\nrestart = \"on-failure\"\n\
-         [appliances.worker]\nreplicas = 2\ndepends_on = [\"db\"]\n",
-        probe()
+        "{}[appliances.db]\n[appliances.web]\nmem = {mem}\ndepends_on = [\"db\"]\n\
+         restart = \"on-failure\"\n[appliances.worker]\nreplicas = 2\ndepends_on = [\"db\"]\n",
+        kbd_stack("sv")
     ));
 }
 
@@ -107,11 +104,9 @@ fn supervisor_restarts_killed_appliances_by_policy() {
     }
     let d = Dir::new("supervise");
     d.write(&format!(
-        "name = \"sp\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
-         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n\
-         [appliances.web]\nrestart = \"on-failure\"\n[appliances.db]\nrestart = \"always\"\n\
+        "{}[appliances.web]\nrestart = \"on-failure\"\n[appliances.db]\nrestart = \"always\"\n\
          [appliances.cache]\nrestart = \"no\"\n",
-        probe()
+        kbd_stack("sp")
     ));
     let out = d.herd(&["up", "-d"]);
     assert!(out.status.success(), "{}", out.dump());
@@ -165,10 +160,8 @@ fn ctrl_c_during_up_leaves_nothing_running() {
     }
     let d = Dir::new("ctrlc");
     d.write(&format!(
-        "name = \"cc\"\n[defaults]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
-         health = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n\
-         [appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
-        probe()
+        "{}[appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
+        kbd_stack("cc")
     ));
     let child = d
         .cmd(&["up"])
@@ -198,9 +191,8 @@ fn a_foreground_up_supervises_until_herd_down() {
     }
     let d = Dir::new("fg");
     d.write(&format!(
-        "name = \"fg\"\n[appliances.web]\nkernel = \"{}\"\nmem = 32\ncmdline = \"probe.action=kbd\"\n\
-         restart = \"always\"\nhealth = {{ console = \"probe: kbd listening\", interval = 0.1 }}\n",
-        probe()
+        "{}[appliances.web]\nrestart = \"always\"\n",
+        kbd_stack("fg")
     ));
     let mut child = d
         .cmd(&["up"])
