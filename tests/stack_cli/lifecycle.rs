@@ -153,6 +153,15 @@ fn supervisor_restarts_killed_appliances_by_policy() {
     assert!(events.contains("\"supervisor stopped\""), "{events}");
 }
 
+/// `herd up` in the foreground, its output collected.
+fn foreground_up(d: &Dir) -> std::process::Child {
+    d.cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn ctrl_c_during_up_leaves_nothing_running() {
     if !kvm_present("stack_cli") {
@@ -163,12 +172,7 @@ fn ctrl_c_during_up_leaves_nothing_running() {
         "{}[appliances.db]\n[appliances.web]\nreplicas = 24\ndepends_on = [\"db\"]\n",
         kbd_stack("cc")
     ));
-    let child = d
-        .cmd(&["up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = foreground_up(&d);
     // Some appliances run by now, others not yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while d.running().len() < 3 && std::time::Instant::now() < deadline {
@@ -194,12 +198,7 @@ fn a_foreground_up_supervises_until_herd_down() {
         "{}[appliances.web]\nrestart = \"always\"\n",
         kbd_stack("fg")
     ));
-    let mut child = d
-        .cmd(&["up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = foreground_up(&d);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !d.herd(&["events"]).stdout.contains("supervisor started")
         && std::time::Instant::now() < deadline
