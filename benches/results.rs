@@ -44,3 +44,20 @@ pub fn append_results(table: &str) -> Result<PathBuf, String> {
     std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(path)
 }
+
+/// Median, min and max of `samples`; None if there are none.
+#[allow(dead_code)] // Not every bench reports a distribution.
+pub fn median_min_max(samples: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v = samples.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    Some((median, v[0], v[v.len() - 1]))
+}

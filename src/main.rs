@@ -5,9 +5,11 @@ mod disk;
 mod emulated_host;
 mod exit_status;
 mod image;
+mod interrupt;
 mod jail;
 mod log_limit;
 mod net_setup;
+mod stack;
 mod terminal;
 mod vm_slots;
 
@@ -59,6 +61,8 @@ enum Command {
     EmulatedHost(emulated_host::ScriptArgs),
     #[command(flatten)]
     Appliance(appliance::ApplianceCommand),
+    #[command(flatten)]
+    Stack(stack::StackCommand),
 }
 
 #[derive(Subcommand)]
@@ -225,6 +229,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Image(cmd) => ExitCode::from(image::run(cmd)),
+        Command::Stack(cmd) => {
+            init_logging(log::LevelFilter::Warn);
+            ExitCode::from(stack::run(cmd))
+        }
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),
         Command::CheckKvm => ExitCode::from(check_kvm()),
         Command::Net(cmd) => ExitCode::from(net(cmd)),

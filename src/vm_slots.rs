@@ -75,6 +75,24 @@ pub fn take() -> Result<Option<VmSlot>, VmSlotError> {
     Err(VmSlotError::Full { limit, why })
 }
 
+/// How many slots are free now; None without a cap (or a bad one, which
+/// `take` reports). Probes each slot with a shared lock, so a herd taking
+/// a slot at the same moment may skip that one and take the next.
+pub fn free() -> Option<usize> {
+    let limit: usize = std::env::var(MAX_VMS_ENV).ok()?.trim().parse().ok()?;
+    let dir = slots_dir();
+    let free = (0..limit)
+        .filter(|i| {
+            let Ok(file) = File::open(dir.join(format!("slot-{i}"))) else {
+                return true;
+            };
+            // SAFETY: flock on a descriptor `file` keeps open; no memory passed.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
+        })
+        .count();
+    Some(free)
+}
+
 fn slots_dir() -> PathBuf {
     if let Some(d) = std::env::var_os(SLOTS_DIR_ENV) {
         return PathBuf::from(d);

@@ -47,18 +47,7 @@ impl Row {
     }
 
     fn stats(&self) -> Option<(f64, f64, f64)> {
-        let mut v = self.samples.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        let median = if v.len() % 2 == 0 {
-            (v[mid - 1] + v[mid]) / 2.0
-        } else {
-            v[mid]
-        };
-        Some((median, v[0], v[v.len() - 1]))
+        results::median_min_max(&self.samples)
     }
 }
 

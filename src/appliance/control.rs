@@ -158,6 +158,24 @@ fn uptime(v: &Value) -> String {
     }
 }
 
+/// A store image (`.../images/NAME/VERSION/image.erofs`) as NAME:VERSION,
+/// any other image by its file name.
+fn image_name(path: &str) -> String {
+    let p = std::path::Path::new(path);
+    let parts: Vec<&str> = p
+        .iter()
+        .rev()
+        .take(4)
+        .map(|c| c.to_str().unwrap_or(""))
+        .collect();
+    match parts.as_slice() {
+        [crate::image::store::IMAGE_FILE, version, name, "images"] => format!("{name}:{version}"),
+        _ => p
+            .file_name()
+            .map_or("-".into(), |f| f.to_string_lossy().into_owned()),
+    }
+}
+
 /// The `herd ps` table.
 pub fn ps_table(rows: &[Value]) -> String {
     let text = |v: &Value| match v {
@@ -170,10 +188,7 @@ pub fn ps_table(rows: &[Value]) -> String {
     ]
     .map(str::to_owned)];
     for r in rows {
-        let image = r["image"]
-            .as_str()
-            .and_then(|p| std::path::Path::new(p).file_name())
-            .map_or("-".into(), |f| f.to_string_lossy().into_owned());
+        let image = r["image"].as_str().map_or("-".into(), image_name);
         lines.push([
             text(&r["name"]),
             text(&r["state"]),
@@ -283,6 +298,15 @@ pub fn pause(name: &str, pause: bool) -> Result<Value, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_images_by_reference() {
+        assert_eq!(
+            image_name("/h/images/redis/2/image.erofs"),
+            "redis:2".to_owned()
+        );
+        assert_eq!(image_name("/srv/base.erofs"), "base.erofs".to_owned());
+    }
 
     #[test]
     fn address_from_ip_argument() {

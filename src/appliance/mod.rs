@@ -4,9 +4,9 @@
 //! console sockets, systemd notification).
 
 pub mod appliance_file;
-mod client;
+pub mod client;
 mod console;
-mod control;
+pub mod control;
 pub mod detach;
 mod logs;
 pub mod named_run;

@@ -83,7 +83,7 @@ pub fn validate_name(name: &str) -> Result<(), RuntimeDirError> {
 }
 
 /// `flock` without blocking; true if we got it.
-fn try_lock(file: &File, exclusive: bool) -> bool {
+pub fn try_lock(file: &File, exclusive: bool) -> bool {
     let op = if exclusive {
         libc::LOCK_EX
     } else {
@@ -91,6 +91,26 @@ fn try_lock(file: &File, exclusive: bool) -> bool {
     };
     // SAFETY: flock on a descriptor we own; no memory is passed.
     unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
+}
+
+/// How long a claim waits out another herd that only looks at the lock
+/// (`herd ps` takes it shared for a moment; so does a process that forks
+/// while it has the lock file open).
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The exclusive lock, retried for CLAIM_PATIENCE: a running owner holds
+/// it for its whole life, an onlooker only briefly.
+fn lock_exclusive(file: &File) -> bool {
+    let deadline = std::time::Instant::now() + CLAIM_PATIENCE;
+    loop {
+        if try_lock(file, true) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A runtime directory this process owns for as long as the value lives.
@@ -125,7 +145,7 @@ impl RuntimeDir {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        if !try_lock(&lock, true) {
+        if !lock_exclusive(&lock) {
             let pid = std::fs::read_to_string(path.join(PID_FILE))
                 .map(|p| p.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".into());

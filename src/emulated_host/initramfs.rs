@@ -113,20 +113,25 @@ impl Staging {
     }
 
     /// herd itself (debug info stripped) and its shared libraries; `ip`
-    /// too when `with_ip` and this machine has it.
+    /// too when `with_ip` and this machine has it, and the e2fsprogs tools
+    /// herd runs (`herd disk create`, `herd up`'s data disks).
     pub fn add_herd(&self, work: &Path, with_ip: bool) -> Result<(), EmulatedHostError> {
         let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
         let herd = stripped_copy(&exe, work)?;
         self.add(&herd, HERD_DEST)?;
         let mut binaries = vec![herd];
+        let mut tools = vec!["mkfs.ext4", "debugfs", "e2fsck"];
         if with_ip {
-            let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            tools.insert(0, "ip");
+        }
+        for tool in tools {
+            let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
                 .iter()
-                .map(Path::new)
+                .map(|dir| Path::new(dir).join(tool))
                 .find(|p| p.is_file());
-            if let Some(ip) = ip {
-                self.add(ip, "/usr/local/bin/ip")?;
-                binaries.push(ip.to_owned());
+            if let Some(path) = found {
+                self.add(&path, &format!("/usr/local/bin/{tool}"))?;
+                binaries.push(path);
             }
         }
         for bin in &binaries {

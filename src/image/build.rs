@@ -12,7 +12,6 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -93,28 +92,8 @@ pub struct Built {
     pub cached: bool,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM end the build at the next step boundary (the children,
-/// in the same process group, get Ctrl-C too), so the work directory is
-/// always cleaned up.
-fn catch_interrupts() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // on_signal only stores to an atomic, which is
-        // async-signal-safe; the handler stays valid for the process's life.
-        // SAFETY: sound for the reasons just given.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
 pub fn check_interrupt() -> Result<(), BuildError> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::interrupt::interrupted() {
         Err(BuildError::Interrupted)
     } else {
         Ok(())
@@ -157,7 +136,7 @@ pub fn build(def: &Definition, store: &Store, opts: &Options) -> Result<Built, B
     if unsafe { libc::geteuid() } != 0 {
         return Err(BuildError::NotRoot);
     }
-    catch_interrupts();
+    crate::interrupt::catch();
     let mut progress = Progress::new(opts.quiet);
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v.trim().parse().map_err(|_| BuildError::Tool {

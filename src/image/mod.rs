@@ -200,7 +200,7 @@ fn ls(store: &Store, json: bool) -> Result<(), StoreError> {
 }
 
 /// `YYYY-MM-DD HH:MM` (UTC) for Unix seconds.
-fn utc(secs: u64) -> String {
+pub fn utc(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days, for days since 1970-01-01.
