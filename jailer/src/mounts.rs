@@ -141,8 +141,8 @@ mod tests {
     #[test]
     fn binds_keep_their_absolute_path() {
         assert_eq!(
-            inside(Path::new("/run/herd/jail/a/root"), Path::new("/dev/kvm")),
-            PathBuf::from("/run/herd/jail/a/root/dev/kvm")
+            inside(Path::new("/run/herd/.jail/a/root"), Path::new("/dev/kvm")),
+            PathBuf::from("/run/herd/.jail/a/root/dev/kvm")
         );
     }
 }

@@ -80,7 +80,7 @@ pub struct VcpuContext {
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
     /// Installed by each vCPU thread before its first KVM_RUN; None
-    /// without --seccomp.
+    /// with --no-seccomp.
     pub seccomp: Option<Arc<SeccompFilters>>,
 }
 
