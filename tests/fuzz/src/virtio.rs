@@ -118,10 +118,11 @@ struct Bench<H: Host> {
     mem: GuestMemoryMmap,
     queues: u8,
     host: H,
+    recovery: Option<&'static Recovery>,
 }
 
 impl<H: Host> Bench<H> {
-    fn new<D>(device: D, mem: GuestMemoryMmap, host: H) -> Self
+    fn new<D>(device: D, mem: GuestMemoryMmap, host: H, recovery: Option<&'static Recovery>) -> Self
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -145,6 +146,7 @@ impl<H: Host> Bench<H> {
             mem,
             queues,
             host,
+            recovery,
         }
     }
 
@@ -273,12 +275,79 @@ impl<H: Host> Bench<H> {
                 .collect(),
             needs_reset: self.transport.needs_reset(),
         };
-        // A driver reset must always be accepted, whatever came before.
+        // A driver reset must always be accepted, whatever came before,
+        // and must give the driver a working device again.
         self.mmio_write(0x70, 0);
+        if let Some(check) = self.recovery.take() {
+            self.check_recovery(&check);
+        }
         self.host.finish();
         outcome
     }
+
+    /// After the reset: fresh rings, the handshake, one good chain; the
+    /// device must serve it.
+    fn check_recovery(&mut self, check: &Recovery) {
+        let rings = vec![0u8; usize::try_from(DATA - desc_table(0)).unwrap_or(0)];
+        let _ = self.mem.write_slice(&rings, GuestAddress(desc_table(0)));
+        self.setup(u64::MAX);
+        for (addr, bytes) in check.memory {
+            let _ = self.mem.write_slice(bytes, GuestAddress(*addr));
+        }
+        for (i, &(addr, len, flags, next)) in (0u64..).zip(check.chain) {
+            let mut desc = Output::default();
+            desc.u64(addr).u32(len).u16(flags).u16(next);
+            let at = desc_table(check.queue) + 16 * i;
+            let _ = self.mem.write_slice(&desc.0, GuestAddress(at));
+        }
+        publish(&self.mem, check.queue, 0);
+        self.notify(check.queue);
+        let used: u16 = self
+            .mem
+            .read_obj(GuestAddress(used_ring(check.queue) + 2))
+            .unwrap_or(0);
+        assert!(
+            used == 1 && !self.transport.needs_reset(),
+            "the device did not recover after a driver reset: used idx {used}, needs reset {}",
+            self.transport.needs_reset()
+        );
+        self.mmio_write(0x70, 0);
+    }
 }
+
+/// A known-good request a device must serve after any reset.
+pub struct Recovery {
+    queue: u8,
+    /// (address, bytes) written to guest memory first.
+    memory: &'static [(u64, &'static [u8])],
+    /// Descriptors 0.. of the chain: (address, length, flags, next).
+    chain: &'static [(u64, u32, u16, u16)],
+}
+
+/// virtio-blk: read sector 0 (header, 512-byte buffer, status).
+const BLK_READ: Recovery = Recovery {
+    queue: 0,
+    memory: &[(DATA, &[0; 16])],
+    chain: &[
+        (DATA, 16, F_NEXT, 1),
+        (DATA + 0x200, 512, F_WRITE | F_NEXT, 2),
+        (DATA + 0x1000, 1, F_WRITE, 0),
+    ],
+};
+
+/// virtio-rng: one 64-byte buffer.
+const RNG_READ: Recovery = Recovery {
+    queue: 0,
+    memory: &[],
+    chain: &[(DATA, 64, F_WRITE, 0)],
+};
+
+/// virtio-net: a minimal frame on TX (virtio header + Ethernet header).
+const NET_SEND: Recovery = Recovery {
+    queue: 1,
+    memory: &[(DATA, &[0; 26])],
+    chain: &[(DATA, 12, F_NEXT, 1), (DATA + 12, 14, 0, 0)],
+};
 
 /// What a program achieved, for checking that the seeds reach the device.
 #[derive(Debug, PartialEq, Eq)]
@@ -331,7 +400,7 @@ pub fn blk_outcome(data: &[u8]) -> Outcome {
         Ok(block) => block,
         Err(e) => panic!("fuzz harness: block device: {e}"),
     };
-    Bench::new(block, guest_memory(), NoHost).run(input.rest())
+    Bench::new(block, guest_memory(), NoHost, Some(&BLK_READ)).run(input.rest())
 }
 
 /// Entropy the fuzzer can reproduce.
@@ -353,7 +422,7 @@ pub fn rng_outcome(data: &[u8]) -> Outcome {
         Ok(rng) => rng,
         Err(e) => panic!("fuzz harness: rng device: {e}"),
     };
-    Bench::new(rng, guest_memory(), NoHost).run(data)
+    Bench::new(rng, guest_memory(), NoHost, Some(&RNG_READ)).run(data)
 }
 
 /// The host side of vsock: clients connecting to the device's socket and
@@ -423,7 +492,7 @@ pub fn vsock_outcome(data: &[u8]) -> Outcome {
         clients: Vec::new(),
         listener,
     };
-    Bench::new(vsock, guest_memory(), host).run(data)
+    Bench::new(vsock, guest_memory(), host, None).run(data)
 }
 
 /// virtio-net on a real TAP, created inside a network namespace of the
@@ -447,7 +516,7 @@ pub fn net_outcome(data: &[u8]) -> Option<Outcome> {
         Ok(net) => net,
         Err(e) => panic!("fuzz harness: net device: {e}"),
     };
-    Some(Bench::new(net, guest_memory(), NoHost).run(data))
+    Some(Bench::new(net, guest_memory(), NoHost, Some(&NET_SEND)).run(data))
 }
 
 const TAP_NAME: &str = "herdfuzz0";
