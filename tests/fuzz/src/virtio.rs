@@ -279,7 +279,7 @@ impl<H: Host> Bench<H> {
         // and must give the driver a working device again.
         self.mmio_write(0x70, 0);
         if let Some(check) = self.recovery.take() {
-            self.check_recovery(&check);
+            self.check_recovery(check);
         }
         self.host.finish();
         outcome
