@@ -43,7 +43,7 @@ pub struct HostSample {
     pub locks: usize,
     /// Sockets and other files herd made in the scratch directory (the
     /// disk images, made by the soak, are not counted).
-    pub scratch_files: usize,
+    pub scratch_files: Vec<String>,
     /// Processes whose command line has the run's prefix (its appliances).
     pub herds: usize,
 }
@@ -60,6 +60,17 @@ fn count_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
             .filter(|e| keep(&e.file_name().to_string_lossy()))
             .count()
     })
+}
+
+fn names(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).map_or(Vec::new(), |d| {
+        d.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| keep(n))
+            .collect()
+    });
+    names.sort();
+    names
 }
 
 /// Inode numbers of the files in `dir`, as /proc/locks prints them.
@@ -154,7 +165,7 @@ pub fn host_sample(scope: &Scope) -> HostSample {
         }),
         runtime_live: kept.1,
         locks,
-        scratch_files: count_dir(scope.scratch, |n| !n.ends_with(".img")),
+        scratch_files: names(scope.scratch, |n| !n.ends_with(".img")),
         herds,
     }
 }
