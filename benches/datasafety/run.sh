@@ -123,6 +123,7 @@ function field(name,   i, kv) {
 /^ds-episode/ { kind = ""; for (i = 2; i <= NF; i++) if ($i ~ /^kind=/) kind = substr($i, 6)
 	pf = field("file"); pr = field("redis"); pu = field("unsynced"); pending = 1; next }
 /^ds: error/ { errors++ }
+/^ds-bootfail/ { bootfails++ }
 /^ds: check/ {
 	if (!pending) next
 	pending = 0; n[kind]++
@@ -141,7 +142,7 @@ END {
 	name["herd-kill"] = "kill -9 of herd"; name["host-kill"] = "host power cut (QEMU killed)"
 	for (k = 1; k <= 2; k++) { c = kinds[k]; if (!n[c]) continue
 		printf "| %s | %d | %d | %d | %d | %d | %d | %d; %d |\n", name[c], n[c], lostf[c], lostr[c], bad[c], fserr[c], replay[c], lostu[c], gone[c] }
-	printf "\n%d crashes in %d s; writer errors: %d\n", n["herd-kill"] + n["host-kill"], elapsed, errors
+	printf "\n%d crashes in %d s; writer errors: %d; guests that died in early boot (test-host flake, not counted): %d\n", n["herd-kill"] + n["host-kill"], elapsed, errors, bootfails
 }' "$events")
 
 echo "$table"

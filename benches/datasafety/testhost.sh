@@ -14,6 +14,7 @@ checks() { tr -d '\r' <"$1" | grep '^ds: \(check\|error\)'; }
 case $1 in
 kill)
 	i=0
+	failed=0
 	while [ "$i" -lt "$2" ]; do
 		i=$((i + 1))
 		out=/tmp/episode$i.out
@@ -23,10 +24,16 @@ kill)
 		until grep -q 'ds: ack file' "$out"; do
 			n=$((n + 1))
 			if [ $n -gt 1800 ] || ! kill -0 $pid 2>/dev/null; then
-				echo "ds-error: episode $i never wrote"
-				tail -n 30 "$out"
+				# A guest that died in early boot (the test host's known
+				# triple faults, issue 14) wrote nothing: not a data-safety
+				# result. The next boot still checks the previous crash.
 				kill -9 $pid 2>/dev/null
-				exit 1
+				wait $pid 2>/dev/null
+				echo "ds-bootfail episode=$i: $(tr -d '\r' <"$out" | grep -E 'herd: error|triple|panic' | tail -n 1)"
+				failed=$((failed + 1))
+				[ "$failed" -gt 3 ] && { echo "ds-error: too many failed boots"; tail -n 30 "$out"; exit 1; }
+				i=$((i - 1))
+				continue 2
 			fi
 			sleep 0.1
 		done
