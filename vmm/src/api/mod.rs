@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 pub use http::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use info::VmDescription;
 pub use routes::ApiRequest;
+// The pure parsing half, for the fuzz targets in tests/fuzz.
+pub use http::{read_request, HttpError, Request as HttpRequest, Response};
+pub use routes::route;
 
 use crate::control::VmControl;
 use crate::metrics::MetricsSources;
