@@ -6,7 +6,7 @@
 //! - local /dev/kvm, the probe guest (an outside-style tiny ELF kernel):
 //!   spawn -> first serial byte, spawn -> exit, PSS while it spins;
 //! - the emulated test host, herd's vmlinux + the busybox base initrd:
-//!   spawn -> exit, and KVM's exit counts per run (debugfs).
+//!   spawn -> exit, and KVM's exit counts per run (the kvm_exit tracepoint).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -185,10 +185,6 @@ pub fn probe_rows(fc: &Path, kernel: &Path, rows: &mut Vec<Row>) -> Result<(), S
     Ok(())
 }
 
-/// KVM counters read from the test host's debugfs around each run.
-const KVM_COUNTERS: &str = "exits io_exits mmio_exits irq_exits irq_window_exits halt_exits \
-                            insn_emulation pf_taken";
-
 /// Linux to init and back under both VMMs in the test host, interleaved.
 pub fn linux_rows(fc: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
     let boots: usize = std::env::var("HERD_BENCH_LINUX_RUNS")
@@ -212,11 +208,14 @@ pub fn linux_rows(fc: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
         "machine-config": { "vcpu_count": 1, "mem_size_mib": MEM_MIB },
     });
     let script = format!(
-        r#"mount -t debugfs none /sys/kernel/debug 2>/dev/null
+        r#"mount -t tracefs none /sys/kernel/tracing 2>/dev/null
 cat >/tmp/fc.json <<'EOF'
 {fc_cfg}
 EOF
-kvm() {{ for c in {KVM_COUNTERS}; do printf '%s=%s ' $c $(cat /sys/kernel/debug/kvm/$c 2>/dev/null || echo 0); done; }}
+# Every VM exit of a run, counted by the kvm_exit tracepoint's histogram.
+H=/sys/kernel/tracing/events/kvm/kvm_exit
+kvm_on() {{ echo 'hist:keys=exit_reason' >$H/trigger; }}
+kvm_off() {{ echo "kvm-exits $1 $(sed -n 's/^ *Hits: *//p' $H/hist)"; echo '!hist:keys=exit_reason' >$H/trigger; }}
 fc_guest() {{
 	echo "testhost: begin $1 uptime=$(cut -d' ' -f1 /proc/uptime)"
 	timeout -s KILL 60 /guest/firecracker --no-api --level off --config-file /tmp/fc.json >/tmp/fc.out 2>&1
@@ -225,13 +224,13 @@ fc_guest() {{
 	sed 's/^/[guest] /' /tmp/fc.out
 }}
 for i in $(seq 1 {boots}); do
-	echo "kvm-before herd$i $(kvm)"
+	kvm_on
 	run_guest herd$i run --mem {MEM_MIB} --kernel /guest/vmlinux --initrd /guest/initrd.cpio.gz \
 		--boot-report $HERD_OUTPUT_DIR/herd$i.json --cmdline '{user_args}'
-	echo "kvm-after herd$i $(kvm)"
-	echo "kvm-before fc$i $(kvm)"
+	kvm_off herd$i
+	kvm_on
 	fc_guest fc$i
-	echo "kvm-after fc$i $(kvm)"
+	kvm_off fc$i
 done
 "#
     );
@@ -275,8 +274,8 @@ done
                 continue;
             }
             row.samples.extend(run.secs.map(|s| s * 1e3));
-            if let Some(n) = kvm_delta(&result.lines, &name, "exits") {
-                kvm.samples.push(n as f64);
+            if let Some(n) = kvm_exits(&result.lines, &name) {
+                kvm.samples.push(n);
             }
         }
         let report = result
@@ -305,16 +304,9 @@ done
     Ok(())
 }
 
-/// `counter`'s change over run `name`, from the kvm-before/kvm-after lines.
-fn kvm_delta(lines: &[String], name: &str, counter: &str) -> Option<u64> {
-    let value = |tag: &str| -> Option<u64> {
-        let prefix = format!("{tag} {name} ");
-        let line = lines.iter().find(|l| l.starts_with(&prefix))?;
-        line[prefix.len()..]
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(counter)?.strip_prefix('='))?
-            .parse()
-            .ok()
-    };
-    value("kvm-after")?.checked_sub(value("kvm-before")?)
+/// Run `name`'s VM exits, from its `kvm-exits NAME N` line.
+fn kvm_exits(lines: &[String], name: &str) -> Option<f64> {
+    let prefix = format!("kvm-exits {name} ");
+    let line = lines.iter().find(|l| l.starts_with(&prefix))?;
+    line[prefix.len()..].trim().parse().ok()
 }
