@@ -354,6 +354,14 @@ fn boot_report_records_the_guest_boot_timer() {
     // The probe writes the boot-timer port before anything else; only the
     // key's presence is checked, the report's layout is herd's business.
     assert!(text.contains("boot_timer"), "{text}");
+    // Exits up to the boot-timer write: the probe's first serial line and
+    // the timer write itself are port writes herd handled.
+    let json: serde_json::Value = serde_json::from_str(&text).expect("report is JSON");
+    let io_out = json["exits_to_init"]["herd"]["io_out"]
+        .as_u64()
+        .unwrap_or(0);
+    let total = json["exits_total"]["herd"]["total"].as_u64().unwrap_or(0);
+    assert!(io_out >= 2 && total > io_out, "{text}");
 }
 
 #[test]

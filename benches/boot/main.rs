@@ -12,6 +12,7 @@ mod testhost;
 
 mod api;
 mod confinement;
+mod firecracker;
 mod floor;
 #[path = "../results.rs"]
 mod results;
@@ -35,6 +36,8 @@ struct Row {
     name: String,
     unit: &'static str,
     samples: Vec<f64>,
+    /// Printed instead of numbers (a comparison that was not made).
+    note: Option<String>,
 }
 
 impl Row {
@@ -43,6 +46,14 @@ impl Row {
             name: name.into(),
             unit,
             samples: Vec::new(),
+            note: None,
+        }
+    }
+
+    fn note(name: impl Into<String>, note: String) -> Self {
+        Row {
+            note: Some(note),
+            ..Row::new(name, "")
         }
     }
 
@@ -370,7 +381,9 @@ fn render(rows: &[Row]) -> String {
         "| measurement | unit | median | min | max | runs |\n|---|---|---:|---:|---:|---:|\n",
     );
     for row in rows {
-        if let Some((median, min, max)) = row.stats() {
+        if let Some(note) = &row.note {
+            out += &format!("| {} | | {note} | | | |\n", row.name);
+        } else if let Some((median, min, max)) = row.stats() {
             out += &format!(
                 "| {} | {} | {median:.2} | {min:.2} | {max:.2} | {} |\n",
                 row.name,
@@ -398,15 +411,31 @@ fn main() {
     }
     let kernel = probes::probe_path("probe-linux64.elf");
     let mut rows = Vec::new();
+    let fc = firecracker::binary().unwrap_or_else(|e| {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    });
+    let versus_fc = |r: &mut Vec<Row>, linux: bool| {
+        match &fc {
+            Some(fc) if linux => firecracker::linux_rows(fc, r)?,
+            Some(fc) => firecracker::probe_rows(fc, &kernel, r)?,
+            None => firecracker::not_compared(r, linux),
+        }
+        Ok(())
+    };
     type Step<'a> = &'a dyn Fn(&mut Vec<Row>) -> Result<(), String>;
-    let steps: [(&str, Step); 8] = [
+    let steps: [(&str, Step); 10] = [
         ("boot path", &|r| boot_path(&kernel, r)),
+        ("vs Firecracker: probe", &|r| versus_fc(r, false)),
         ("confinement", &|r| confinement::rows(&kernel, r)),
         ("VMM memory", &|r| vmm_memory(&kernel, r)),
         ("control API", &|r| api::control_api(&kernel, r)),
         ("20 at once", &|r| many_at_once(&kernel, 20, r)),
         ("100 at once", &|r| many_at_once(&kernel, 100, r)),
         ("Linux in the test host", &linux_in_test_host),
+        ("vs Firecracker: Linux in the test host", &|r| {
+            versus_fc(r, true)
+        }),
         ("TCP in the test host", &tcp_in_test_host),
     ];
     // HERD_BENCH_ONLY=substring runs only the matching steps.

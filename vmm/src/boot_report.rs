@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use devices::legacy::BootTimerReading;
 use serde::Serialize;
 
+use crate::vstate::kvm_stats::ExitsSnapshot;
+
 /// Milliseconds, as floating point for sub-millisecond phases.
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -24,6 +26,8 @@ pub struct BootTimeline {
     pub boot_timer: Option<BootTimerReading>,
     pub stop_requested: Option<Instant>,
     pub torn_down: Option<Instant>,
+    pub exits_at_init: Option<ExitsSnapshot>,
+    pub exits_at_end: Option<ExitsSnapshot>,
 }
 
 impl BootTimeline {
@@ -36,6 +40,8 @@ impl BootTimeline {
             boot_timer: None,
             stop_requested: None,
             torn_down: None,
+            exits_at_init: None,
+            exits_at_end: None,
         }
     }
 
@@ -62,6 +68,11 @@ pub struct BootReport {
     pub phases_ms: BTreeMap<&'static str, f64>,
     pub exit_status: i32,
     pub stop_reason: String,
+    /// VM exits up to the guest's first userspace instructions (its init's
+    /// boot-timer write), by kind; absent if the guest never wrote it.
+    pub exits_to_init: Option<ExitsSnapshot>,
+    /// VM exits over the whole run.
+    pub exits_total: Option<ExitsSnapshot>,
 }
 
 impl BootReport {
@@ -88,6 +99,8 @@ impl BootReport {
             phases_ms,
             exit_status,
             stop_reason,
+            exits_to_init: t.exits_at_init.clone(),
+            exits_total: t.exits_at_end.clone(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::device_manager::{self, DeviceError, MmioDeviceManager};
 use crate::metrics::MetricsSources;
 use crate::runtime::Vmm;
 use crate::seccomp::{self, SeccompError, SeccompFilters};
+use crate::vstate::kvm_stats::ExitTally;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{self, VmError};
@@ -211,6 +212,10 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
             ready: legacy.guest_ready,
         },
     ));
+    let exit_tally = Arc::new(ExitTally {
+        herd: vcpus.iter().map(Vcpu::exit_counters).collect(),
+        kvm: vcpus.iter().filter_map(Vcpu::kvm_stats).collect(),
+    });
     let context = VcpuContext {
         pio_bus: Arc::new(seccomp::add_test_trigger(legacy.pio_bus)),
         mmio_bus: Arc::new(mmio.bus),
@@ -218,6 +223,8 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         pause: control.pause.clone(),
         first_entry,
         seccomp: Some(Arc::new(SeccompFilters::compile()?)),
+        exits: exit_tally,
+        exits_at_init: Arc::default(),
     };
     Ok(Vmm {
         _vm: vm_fd,

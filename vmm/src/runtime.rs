@@ -233,6 +233,8 @@ impl Vmm {
         self.timeline.torn_down = Some(Instant::now());
         self.timeline.first_guest_entry = self.context.first_entry.get().copied();
         self.timeline.boot_timer = *self.boot_timer.lock().unwrap_or_else(|p| p.into_inner());
+        self.timeline.exits_at_init = self.context.exits_at_init.get().cloned();
+        self.timeline.exits_at_end = Some(self.context.exits.snapshot());
 
         let mut reason = stop
             .reason()

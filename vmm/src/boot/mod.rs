@@ -19,6 +19,9 @@ use crate::arch::x86_64::layout::{
 use crate::arch::x86_64::regs::EntryMode;
 
 mod elf32;
+mod guest_file;
+
+use guest_file::GuestFile;
 
 const BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const HDRS_MAGIC: u32 = 0x5372_6448;
@@ -120,7 +123,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         });
     }
     if is_elf(&mut file) {
-        let result = Elf::load(mem, None, &mut file, highmem).map_err(load_err)?;
+        let result = Elf::load(mem, None, &mut GuestFile::new(file), highmem).map_err(load_err)?;
         let (entry, mode) = match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(entry) => (entry, EntryMode::Pvh),
             _ => (result.kernel_load, EntryMode::Linux64),
@@ -132,7 +135,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             end: result.kernel_end,
         })
     } else if is_bzimage(&mut file) {
-        let result = BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?;
+        let result =
+            BzImage::load(mem, None, &mut GuestFile::new(file), highmem).map_err(load_err)?;
         Ok(LoadedKernel {
             entry: GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
             mode: EntryMode::Linux64,
@@ -171,7 +175,7 @@ pub fn load_initrd(
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
+    let file = File::open(path).map_err(open_err)?;
     let size = file.metadata().map_err(open_err)?.len();
     let mut limit = layout::low_ram_end(mem_size);
     if let Some(hdr) = kernel.setup_header.filter(|h| h.initrd_addr_max != 0) {
@@ -187,7 +191,7 @@ pub fn load_initrd(
         return Err(too_large());
     }
     let count = usize::try_from(size).map_err(|_| too_large())?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut GuestFile::new(file), count)
         .map_err(|source| BootError::ReadInitrd {
             path: path.to_owned(),
             source,

@@ -1,5 +1,6 @@
 //! KVM state: guest memory, the VM file descriptor and the vCPUs.
 
+pub mod kvm_stats;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use devices::legacy::{BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 use devices::{Bus, StopReason, VmStop};
 use kvm_bindings::{kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -15,6 +16,7 @@ use crate::arch::x86_64::{cpuid, msr};
 use crate::control::PauseGate;
 use crate::metrics::VcpuExitCounters;
 use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::vstate::kvm_stats::{ExitTally, ExitsSnapshot, KvmStats};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -82,6 +84,10 @@ pub struct VcpuContext {
     /// Installed by each vCPU thread before its first KVM_RUN; None
     /// with --no-seccomp.
     pub seccomp: Option<Arc<SeccompFilters>>,
+    /// Every vCPU's exit counts, and their values when the guest's init
+    /// first wrote the boot timer (its first userspace instructions).
+    pub exits: Arc<ExitTally>,
+    pub exits_at_init: Arc<OnceLock<ExitsSnapshot>>,
 }
 
 impl Vcpu {
@@ -94,6 +100,11 @@ impl Vcpu {
             id,
             exits: Arc::default(),
         })
+    }
+
+    /// KVM's own counters for this vCPU, if the kernel has them.
+    pub fn kvm_stats(&self) -> Option<KvmStats> {
+        KvmStats::open(&self.fd)
     }
 
     /// This vCPU's exit counters, for the metrics.
@@ -220,7 +231,12 @@ impl Vcpu {
                         }
                         _ => 0,
                     };
-                    handle_exit(self.id, exit, io_size, &ctx.pio_bus, &ctx.mmio_bus)
+                    let reached_init = is_boot_timer_fired(&exit);
+                    let action = handle_exit(self.id, exit, io_size, &ctx.pio_bus, &ctx.mmio_bus);
+                    if reached_init {
+                        ctx.exits_at_init.get_or_init(|| ctx.exits.snapshot());
+                    }
+                    action
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.exits.count_interrupted();
@@ -299,6 +315,11 @@ fn write_lapic_reg(regs: &mut [std::os::raw::c_char], offset: usize, value: u32)
     for (r, b) in regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
         *r = std::os::raw::c_char::from_ne_bytes([b]);
     }
+}
+
+/// The guest's "reached init" write to the boot timer.
+fn is_boot_timer_fired(exit: &VcpuExit) -> bool {
+    matches!(exit, VcpuExit::IoOut(port, [BOOT_TIMER_MAGIC, ..]) if u64::from(*port) == BOOT_TIMER_PORT)
 }
 
 #[derive(Debug, PartialEq, Eq)]
