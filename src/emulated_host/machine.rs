@@ -188,9 +188,15 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
             stop.started = Some(Instant::now());
         }
         if stop.poll() {
-            log::error!(
-                "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
-            );
+            if stop.started.is_none() {
+                log::error!(
+                    "the emulated test host never started the script (hung while booting?): killing it"
+                );
+            } else {
+                log::error!(
+                    "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
+                );
+            }
             let _ = child.kill();
         }
     };
