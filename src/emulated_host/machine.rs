@@ -188,7 +188,9 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
             stop.started = Some(Instant::now());
         }
         if stop.poll() {
-            if stop.started.is_none() {
+            if signals::count() > 1 {
+                log::error!("a second signal: killing the emulated test host at once");
+            } else if stop.started.is_none() {
                 log::error!(
                     "the emulated test host never started the script (hung while booting?): killing it"
                 );
