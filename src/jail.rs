@@ -234,7 +234,10 @@ fn bind_list(config: &mut VmConfig) -> Result<Vec<Bind>, JailSetupError> {
     if let Some(root) = &mut config.root {
         bind("root image", root, false)?;
     }
-    for DiskSpec { path, read_only } in &mut config.disks {
+    for DiskSpec {
+        path, read_only, ..
+    } in &mut config.disks
+    {
         bind("disk image", path, !*read_only)?;
     }
     if let ConsoleConfig::File(path) = &mut config.console {

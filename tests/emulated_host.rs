@@ -344,10 +344,12 @@ exit 3
         live.run.stderr.contains("the script exited with status 3"),
         "{dump}"
     );
+    // The background herd runs jailed (the default as root): its
+    // supervisor and the jailed VM process are two herd processes.
     assert!(
         live.run
             .stderr
-            .contains("processes running (herd x1, sleep x1): SIGTERM"),
+            .contains("processes running (herd x2, sleep x1): SIGTERM"),
         "{dump}"
     );
     assert!(

@@ -142,7 +142,11 @@ fn reads_writes_flushes_and_serials_reach_the_image_files() {
     let dir = scratch("rw");
     let (root, root_bytes) = image(&dir, "base.img", 16 * SECTOR, 1);
     // Not a whole number of sectors: the guest sees 64, the tail stays.
-    let (data, data_bytes) = image(&dir, "data1.img", 64 * SECTOR + 100, 2);
+    let (target, data_bytes) = image(&dir, "data1-target.raw", 64 * SECTOR + 100, 2);
+    // Named through a symlink: the serial comes from the name given, also
+    // when the jail (on by default as root) resolves the path to bind it.
+    let data = dir.join("data1.img");
+    std::os::unix::fs::symlink(&target, &data).expect("symlink data1.img");
     let (long, long_bytes) = image(&dir, "an-appliance-with-a-long-name.img", 16 * SECTOR, 3);
     let (ro, ro_bytes) = image(&dir, "shared-ro.img", 8 * SECTOR, 4);
     let args: Vec<String> = [

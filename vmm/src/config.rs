@@ -1,6 +1,6 @@
 //! A VM's configuration, validated before anything is built.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
@@ -55,6 +55,9 @@ impl FromStr for ConsoleConfig {
 pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
+    /// What the guest reads from /sys/block/vdX/serial, taken from the path
+    /// as the user gave it: a jail later rewrites `path` (symlinks resolved).
+    pub serial: String,
 }
 
 impl FromStr for DiskSpec {
@@ -72,6 +75,7 @@ impl FromStr for DiskSpec {
         Ok(DiskSpec {
             path: path.into(),
             read_only,
+            serial: crate::device_manager::virtio_devices::disk_serial(Path::new(path)),
         })
     }
 }
@@ -349,7 +353,8 @@ mod tests {
             "/a/b.img:ro".parse(),
             Ok(DiskSpec {
                 path: "/a/b.img".into(),
-                read_only: true
+                read_only: true,
+                serial: "b".into(),
             })
         );
         assert!(!"b.img".parse::<DiskSpec>().unwrap().read_only);

@@ -171,12 +171,18 @@ fn attach_acpi_devices(
 }
 
 /// Wakes the event loop when someone asks the VM to stop, and turns
-/// SIGTERM/SIGINT into a graceful stop (a second signal stops at once).
+/// SIGTERM/SIGINT into a graceful stop (a second signal, half a second or
+/// more after the first, stops at once).
 pub struct StopListener {
     control: Arc<VmControl>,
     stop_timeout: Duration,
     signals_handled: u32,
+    /// When the first termination signal was handled.
+    first_signal_at: Option<Instant>,
 }
+
+/// Termination signals closer together than this are one stop request.
+const REPEATED_SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
 impl StopListener {
     pub fn new(control: Arc<VmControl>, stop_timeout: Duration) -> Self {
@@ -184,6 +190,7 @@ impl StopListener {
             control,
             stop_timeout,
             signals_handled: 0,
+            first_signal_at: None,
         }
     }
 }
@@ -205,19 +212,30 @@ impl MutEventSubscriber for StopListener {
         if count <= self.signals_handled {
             return;
         }
-        let first = self.signals_handled == 0;
         self.signals_handled = count;
-        if first && count == 1 {
-            self.control.power_off(
-                self.stop_timeout,
-                &format!("signal {signum}"),
-                StopReason::Signal(signum),
-            );
-        } else {
-            log::info!("signal {signum} again: stopping the VM at once");
-            self.control
-                .stop_handle()
-                .request(StopReason::Signal(signum));
+        let now = Instant::now();
+        match self.first_signal_at {
+            None => {
+                self.first_signal_at = Some(now);
+                self.control.power_off(
+                    self.stop_timeout,
+                    &format!("signal {signum}"),
+                    StopReason::Signal(signum),
+                );
+            }
+            // One stop often arrives twice at once: systemd signals every
+            // process of the unit's cgroup, a shell the whole process group,
+            // and a jailed herd's supervisor forwards what it got. Only a
+            // later signal means "now".
+            Some(first) if now.duration_since(first) < REPEATED_SIGNAL_GRACE => {
+                log::debug!("signal {signum} again at once: the same stop request");
+            }
+            Some(_) => {
+                log::info!("signal {signum} again: stopping the VM at once");
+                self.control
+                    .stop_handle()
+                    .request(StopReason::Signal(signum));
+            }
         }
     }
 }

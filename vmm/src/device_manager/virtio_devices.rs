@@ -67,7 +67,7 @@ pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDevice
             config
                 .disks
                 .iter()
-                .map(|d| (d.path.as_path(), d.read_only, disk_serial(&d.path))),
+                .map(|d| (d.path.as_path(), d.read_only, d.serial.clone())),
         );
     for (path, read_only, serial) in disks {
         let block = Block::new(BlockConfig {
