@@ -310,6 +310,7 @@ fn vsock_host_client_under_the_filters() {
     assert!(answer.is_ok(), "{answer:?}\n{out}");
     assert!(!out.contains("seccomp: thread"), "{out}");
     assert!(out.contains("stopped by signal 15"), "{out}");
+    assert!(!socket.exists(), "the vsock socket outlived herd\n{out}");
 }
 
 #[path = "confinement/jail.rs"]

@@ -246,6 +246,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         console_hub: legacy.console_hub,
         console_writer: legacy.console_writer,
         console_socket: None,
+        vsock_socket: config.vsock.clone(),
     })
 }
 

@@ -85,6 +85,9 @@ pub struct Vmm {
     pub(crate) console_hub: Arc<ConsoleHub>,
     pub(crate) console_writer: Option<ConsoleWriter>,
     pub(crate) console_socket: Option<ConsoleSocket>,
+    /// The vsock device's listening socket, removed at teardown even when a
+    /// vCPU thread that outlived its stop still holds the device.
+    pub(crate) vsock_socket: Option<std::path::PathBuf>,
 }
 
 impl Vmm {
@@ -225,6 +228,9 @@ impl Vmm {
         self.control.release_vcpus();
         stop_vcpus(threads);
         drop(io_threads);
+        if let Some(socket) = &self.vsock_socket {
+            let _ = std::fs::remove_file(socket);
+        }
         if let Some(writer) = &self.console_writer {
             if !writer.drain(CONSOLE_DRAIN_TIMEOUT) {
                 log::warn!("the console output is blocked; the guest's last output is lost");
