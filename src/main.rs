@@ -414,6 +414,11 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
                 named.supervise_quietly();
             }
             let status = jail::supervise(supervisor);
+            // The vsock socket was made before the jailed herd dropped root
+            // and sits in a directory it cannot write: removed from here.
+            if let Some(socket) = &config.vsock {
+                let _ = std::fs::remove_file(socket);
+            }
             if let Some(named) = named {
                 named.after_jailed_child();
             }
