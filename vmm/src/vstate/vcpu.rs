@@ -261,6 +261,12 @@ impl Vcpu {
     /// IDT yet) from a kernel that got far and then broke.
     fn triple_fault(&mut self) -> String {
         let state = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            // KVM on AMD reinitialises the VMCB on a shutdown intercept: the
+            // registers are the reset state, not where the guest died.
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
+                " (KVM reset the vCPU on the shutdown, as it does on AMD: no state to show)"
+                    .to_owned()
+            }
             (Ok(r), Ok(s)) => format!(
                 " at RIP {:#x} RSP {:#x} RFLAGS {:#x}, CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} \
                  EFER {:#x}, CS {:#x} IDT base {:#x} limit {:#x}",
