@@ -44,6 +44,10 @@ boot herd-acpi-off --kernel $G/bzImage --cmdline "acpi=off herd.run=\"$INFO\""
 # and calls the host on port 5001 (the Unix socket /tmp/v.sock_5001); the
 # host first calls port 5999, where nobody listens, then port 5000.
 $G/line listen-unix /tmp/v.sock_5001 pong-from-host >/tmp/hostlisten.out 2>&1 &
+# The jailed herd connects as the jail's user: the listener lets it.
+n=0
+while [ ! -S /tmp/v.sock_5001 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+chmod 666 /tmp/v.sock_5001
 GCMD='echo platform: entropy=$(cat /proc/sys/kernel/random/entropy_avail) rng=$(cat /sys/class/misc/hw_random/rng_current); echo platform: hwrng $(head -c 16 /dev/hwrng | od -An -tx1); line listen-vsock 5000 pong-from-guest & line connect-vsock 2 5001 ping-from-guest; wait'
 bg_guest vsock /tmp/vsock herd run --mem 256 --cpus 2 --kernel $G/bzImage \
 	--initrd $G/initrd-line.cpio --vsock /tmp/v.sock --cmdline "herd.run=\"$GCMD\"" &
