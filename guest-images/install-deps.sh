@@ -24,6 +24,8 @@ packages=(
 	iproute2 nftables
 	# scripts (flock, sha256sum, ...)
 	util-linux coreutils
+	# tests/vm_hostile.rs: a TAP flood from a network namespace
+	python3
 )
 
 # From Debian's bookworm-backports suite (newer than bookworm's, installed
