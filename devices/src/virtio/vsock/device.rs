@@ -270,6 +270,7 @@ impl Vsock {
                 );
             }
         }
+        self.muxer.close_retired();
     }
 }
 

@@ -68,6 +68,11 @@ pub struct Muxer {
     /// What each fd is registered for (absent: not registered).
     watched: HashMap<RawFd, EventSet>,
     interest: Vec<Interest>,
+    /// Host streams whose connection ended, kept open until the event loop
+    /// has applied their `Remove`: a closed fd cannot be unregistered (the
+    /// event manager would then keep it, and refuse the next stream that
+    /// gets the same number).
+    retired: Vec<UnixStream>,
     control: VecDeque<RxPacket>,
     rx_ready: VecDeque<Key>,
     next_local_port: u32,
@@ -101,6 +106,7 @@ impl Muxer {
             accepting: HashMap::new(),
             watched: HashMap::new(),
             interest: Vec::new(),
+            retired: Vec::new(),
             control: VecDeque::new(),
             rx_ready: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
@@ -125,6 +131,11 @@ impl Muxer {
     /// Watch changes since the last call, for the event loop.
     pub fn take_interest(&mut self) -> Vec<Interest> {
         std::mem::take(&mut self.interest)
+    }
+
+    /// Closes the streams whose `Remove` the event loop has now applied.
+    pub fn close_retired(&mut self) {
+        self.retired.clear();
     }
 
     pub fn has_rx(&self) -> bool {
@@ -178,6 +189,7 @@ impl Muxer {
             let fd = conn.stream.as_raw_fd();
             self.watch(fd, None);
             self.by_fd.remove(&fd);
+            self.retired.push(conn.stream);
             log::debug!("vsock: connection host:{} guest:{} closed", key.0, key.1);
         }
     }
@@ -420,6 +432,7 @@ impl Muxer {
             Ok(p) => p,
             Err(why) => {
                 log::debug!("vsock: host connection dropped: {why}");
+                self.retired.push(stream);
                 return;
             }
         };

@@ -58,6 +58,7 @@ fn drive(m: &mut Muxer, watched: &mut HashMap<RawFd, EventSet>) -> Vec<RxPacket>
                 }
             }
         }
+        m.close_retired();
         let mut fired = false;
         for (&fd, &set) in watched.iter() {
             let mut pfd = libc::pollfd {
@@ -158,6 +159,8 @@ fn guest_refusal_closes_the_host_stream() {
     host.write_all(b"CONNECT 9999\n").unwrap();
     let out = drive(&mut m, &mut w);
     m.handle_tx(guest_pkt(9999, out[0].local_port, OP_RST));
+    // The event loop applies the watch changes, then the stream closes.
+    drive(&mut m, &mut w);
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
     assert_eq!(
