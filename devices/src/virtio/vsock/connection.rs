@@ -92,12 +92,13 @@ impl Connection {
             return Pumped::Nothing;
         }
         let max = RX_CHUNK.min(usize::try_from(self.peer_credit()).unwrap_or(RX_CHUNK));
-        let mut buf = vec![0u8; max];
-        match self.stream.read(&mut buf) {
+        // Read on the stack: most wake-ups of an idle or closing stream
+        // find nothing (or EOF), and only data read needs a heap copy.
+        let mut buf = [0u8; RX_CHUNK];
+        match self.stream.read(&mut buf[..max]) {
             Ok(0) => Pumped::Eof,
             Ok(n) => {
-                buf.truncate(n);
-                self.rx_chunk = Some(buf);
+                self.rx_chunk = Some(buf[..n].to_vec());
                 Pumped::Data
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
