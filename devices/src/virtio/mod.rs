@@ -10,11 +10,19 @@ pub mod queue_loop;
 pub mod rng;
 pub mod vsock;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{MmioTransport, MMIO_DEVICE_SIZE, QUEUE_NOTIFY_OFFSET};
+
+/// Adds `n` to a device counter (net, block); counters are statistics
+/// read by the control API, so relaxed is enough.
+pub(crate) fn count(counter: &AtomicU64, n: impl TryInto<u64>) {
+    counter.fetch_add(n.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+}
 
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;

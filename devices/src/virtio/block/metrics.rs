@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::request::RequestKind;
 use super::VIRTIO_BLK_S_OK;
+use crate::virtio::count;
 
 #[derive(Debug, Default)]
 pub struct BlockMetrics {
@@ -31,33 +32,29 @@ pub struct BlockCounters {
     pub malformed: u64,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
 impl BlockMetrics {
     /// Counts one served request of `kind` carrying `data_len` bytes.
     pub(super) fn record(&self, kind: &RequestKind, data_len: u32, status: u8) {
         if status != VIRTIO_BLK_S_OK {
-            add(&self.errors, 1);
+            count(&self.errors, 1);
             return;
         }
         match kind {
             RequestKind::In => {
-                add(&self.reads, 1);
-                add(&self.read_bytes, u64::from(data_len));
+                count(&self.reads, 1);
+                count(&self.read_bytes, data_len);
             }
             RequestKind::Out => {
-                add(&self.writes, 1);
-                add(&self.write_bytes, u64::from(data_len));
+                count(&self.writes, 1);
+                count(&self.write_bytes, data_len);
             }
-            RequestKind::Flush => add(&self.flushes, 1),
+            RequestKind::Flush => count(&self.flushes, 1),
             RequestKind::GetId | RequestKind::Unsupported(_) => {}
         }
     }
 
     pub(super) fn record_malformed(&self) {
-        add(&self.malformed, 1);
+        count(&self.malformed, 1);
     }
 
     pub fn snapshot(&self) -> BlockCounters {

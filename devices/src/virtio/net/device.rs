@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::frame::{RxScratch, FRAME_BUF_LEN};
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
-use super::{count, NetMetrics};
+use super::NetMetrics;
+use crate::virtio::count;
 use crate::virtio::{
     read_config_bytes, ActivateError, Activation, VirtioDevice, VirtioInterrupt, TYPE_NET,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,

@@ -15,7 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Active, Net, RX_QUEUE, TX_QUEUE};
 use super::frame::{deliver_rx_frame, process_tx_queue, request_rx_kick, NetQueueError, RxOutcome};
-use super::{count, VNET_HDR_LEN};
+use super::VNET_HDR_LEN;
+use crate::virtio::count;
 use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::VirtioInterrupt;
 

@@ -13,7 +13,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use super::{count, NetMetrics, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use super::{NetMetrics, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::count;
 
 /// Size of the host buffers frames are copied through.
 pub(super) const FRAME_BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;

@@ -71,8 +71,3 @@ impl NetMetrics {
         }
     }
 }
-
-/// Adds `n` to a counter; counters are statistics, so relaxed is enough.
-fn count(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-}
