@@ -26,8 +26,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::volatile_memory::{Error as VolatileMemoryError, VolatileSlice};
 use vm_memory::ReadVolatile;
 
-/// The huge page size KVM maps guest RAM with on x86_64.
-const HUGE_PAGE: u64 = 2 << 20;
+use crate::vstate::memory::HUGE_PAGE;
 
 /// A kernel or initrd file being read into guest memory.
 pub struct GuestFile {
@@ -43,13 +42,10 @@ impl GuestFile {
 /// Asks the host for huge pages over the 2 MiB pages that [addr, addr + len)
 /// covers completely (those cost no memory beyond what is written anyway):
 /// a hint, so failure (no THP on this host) is ignored.
-fn advise_huge_pages(addr: u64, len: u64) {
-    let start = addr.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+fn advise_huge_pages(addr: usize, len: usize) {
+    let start = addr.next_multiple_of(HUGE_PAGE);
     let end = (addr + len) & !(HUGE_PAGE - 1);
     let Some(span) = end.checked_sub(start).filter(|&s| s > 0) else {
-        return;
-    };
-    let Ok(span) = usize::try_from(span) else {
         return;
     };
     // madvise only changes how the kernel backs this range of guest RAM
@@ -71,7 +67,7 @@ impl ReadVolatile for GuestFile {
         &mut self,
         buf: &mut VolatileSlice<B>,
     ) -> Result<usize, VolatileMemoryError> {
-        advise_huge_pages(buf.ptr_guard().as_ptr() as u64, buf.len() as u64);
+        advise_huge_pages(buf.ptr_guard().as_ptr() as usize, buf.len());
         self.file.read_volatile(buf)
     }
 }

@@ -39,7 +39,7 @@ pub fn host_phys_addr_bits() -> u32 {
 /// guest address agree modulo 2 MiB; every region starts 2 MiB aligned in
 /// the guest, so herd maps it 2 MiB aligned too (older host kernels place
 /// large anonymous mappings on any page boundary).
-const HUGE_PAGE: usize = 2 << 20;
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// An anonymous, private, MAP_NORESERVE mapping of `len` bytes at a 2 MiB
 /// aligned address. It is never unmapped: guest RAM lives as long as the
