@@ -168,8 +168,9 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         process_start,
         timeline.build_start,
     )?;
+    let exit_counters: Vec<_> = vcpus.iter().map(Vcpu::exit_counters).collect();
     let mut metrics = MetricsSources {
-        vcpus: vcpus.iter().map(Vcpu::exit_counters).collect(),
+        vcpus: exit_counters.clone(),
         guest_ranges: memory::host_ranges(&guest_memory),
         smaps: std::fs::File::open("/proc/self/smaps").ok(),
         ..MetricsSources::default()
@@ -213,7 +214,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         },
     ));
     let exit_tally = Arc::new(ExitTally {
-        herd: vcpus.iter().map(Vcpu::exit_counters).collect(),
+        herd: exit_counters,
         kvm: vcpus.iter().filter_map(Vcpu::kvm_stats).collect(),
     });
     let context = VcpuContext {

@@ -101,6 +101,15 @@ impl std::ops::AddAssign for VcpuExits {
     }
 }
 
+impl std::iter::Sum for VcpuExits {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut sum, exits| {
+            sum += exits;
+            sum
+        })
+    }
+}
+
 /// Where the numbers come from; cheap to share with the API thread.
 #[derive(Default)]
 pub struct MetricsSources {
@@ -153,12 +162,8 @@ pub struct Metrics {
 impl MetricsSources {
     pub fn snapshot(&self) -> Metrics {
         let per_vcpu: Vec<VcpuExits> = self.vcpus.iter().map(|c| c.snapshot()).collect();
-        let mut vcpu_exits = VcpuExits::default();
-        for exits in &per_vcpu {
-            vcpu_exits += *exits;
-        }
         Metrics {
-            vcpu_exits,
+            vcpu_exits: per_vcpu.iter().copied().sum(),
             vcpu_exits_per_vcpu: per_vcpu,
             block: self
                 .blocks

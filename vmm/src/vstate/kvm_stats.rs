@@ -124,10 +124,10 @@ pub struct ExitsSnapshot {
 
 impl ExitTally {
     pub fn snapshot(&self) -> ExitsSnapshot {
-        let mut snap = ExitsSnapshot::default();
-        for counters in &self.herd {
-            snap.herd += counters.snapshot();
-        }
+        let mut snap = ExitsSnapshot {
+            herd: self.herd.iter().map(|c| c.snapshot()).sum(),
+            kvm: BTreeMap::new(),
+        };
         for stats in &self.kvm {
             stats.add_to(&mut snap.kvm);
         }
