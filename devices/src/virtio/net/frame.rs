@@ -49,11 +49,8 @@ pub(super) enum NetQueueError {
     Memory(vm_memory::GuestMemoryError),
 }
 
-/// Descriptor flags (virtio 1.2, 2.7.5).
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
-const DESCRIPTOR_SIZE: u64 = 16;
+/// Size of one descriptor table entry (virtio 1.2, 2.7.5).
+const DESCRIPTOR_SIZE: u64 = std::mem::size_of::<Descriptor>() as u64;
 
 /// Copies the frame the chain at `head` describes into `buf`: all
 /// descriptors must be device-readable, direct (herd never offers
@@ -78,11 +75,10 @@ pub(super) fn read_tx_frame(
             .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
             .ok_or(TxDrop::BadAddress)?;
         let desc: Descriptor = mem.read_obj(at).map_err(|_| TxDrop::BadAddress)?;
-        let flags = desc.flags();
-        if flags & VRING_DESC_F_INDIRECT != 0 {
+        if desc.refers_to_indirect_table() {
             return Err(TxDrop::Indirect);
         }
-        if flags & VRING_DESC_F_WRITE != 0 {
+        if desc.is_write_only() {
             return Err(TxDrop::WriteOnly);
         }
         let end = usize::try_from(desc.len())
@@ -93,7 +89,7 @@ pub(super) fn read_tx_frame(
         mem.read_slice(&mut buf[len..end], desc.addr())
             .map_err(|_| TxDrop::BadAddress)?;
         len = end;
-        if flags & VRING_DESC_F_NEXT == 0 {
+        if !desc.has_next() {
             if len < VNET_HDR_LEN + MIN_FRAME_LEN {
                 return Err(TxDrop::TooShort);
             }
