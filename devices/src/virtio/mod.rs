@@ -47,6 +47,22 @@ pub struct Activation {
     pub acked_features: u64,
 }
 
+impl Activation {
+    /// Takes the driver's queues, which must be exactly the `N` that
+    /// `device` has.
+    pub fn take_queues<const N: usize>(
+        &mut self,
+        device: &str,
+    ) -> Result<[Queue; N], ActivateError> {
+        let count = self.queues.len();
+        <[Queue; N]>::try_from(std::mem::take(&mut self.queues)).map_err(|_| {
+            ActivateError::Backend(format!(
+                "{device} has {N} queue(s), the driver set up {count}"
+            ))
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     #[error("queue {0} is not ready or its rings lie outside guest memory")]
@@ -91,6 +107,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_queue::QueueT;
 
     #[test]
     fn config_reads_are_bounded() {
@@ -100,5 +117,26 @@ mod tests {
         assert_eq!(d, [3, 4, 0, 0]);
         read_config_bytes(&cfg, u64::MAX, &mut d);
         assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn activation_needs_exactly_the_device_queues() {
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut activation = Activation {
+            mem,
+            interrupt: std::sync::Arc::new(VirtioInterrupt::new(irq)),
+            queues: vec![Queue::new(16).unwrap(), Queue::new(16).unwrap()],
+            acked_features: VIRTIO_F_VERSION_1,
+        };
+        let err = activation.take_queues::<3>("virtio-vsock").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the device cannot start: virtio-vsock has 3 queue(s), the driver set up 2"
+        );
+        activation.queues = vec![Queue::new(16).unwrap(), Queue::new(16).unwrap()];
+        let [rx, tx] = activation.take_queues("virtio-net").unwrap();
+        assert_eq!((rx.max_size(), tx.max_size()), (16, 16));
+        assert!(activation.queues.is_empty());
     }
 }

@@ -159,13 +159,8 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config_space, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let count = activation.queues.len();
-        let [mut queue] = <[Queue; 1]>::try_from(activation.queues).map_err(|_| {
-            ActivateError::Backend(format!(
-                "virtio-blk has one queue, the driver set up {count}"
-            ))
-        })?;
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let [mut queue] = activation.take_queues("virtio-blk")?;
         queue.set_event_idx(activation.acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
         self.active = Some(ActiveState {
             mem: activation.mem,

@@ -15,10 +15,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::frame::{RxScratch, FRAME_BUF_LEN};
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use super::NetMetrics;
-use crate::virtio::count;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Activation, VirtioDevice, VirtioInterrupt, TYPE_NET,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    count, read_config_bytes, ActivateError, Activation, VirtioDevice, VirtioInterrupt, TYPE_NET,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const RX_QUEUE: usize = 0;
@@ -227,18 +226,11 @@ impl VirtioDevice for Net {
         );
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        // VIRTIO_F_VERSION_1 is checked by the transport, which refuses
+        // FEATURES_OK without it (mmio.rs), for every device.
         let acked = activation.acked_features;
-        if acked & VIRTIO_F_VERSION_1 == 0 {
-            return Err(ActivateError::Backend(
-                "the driver did not accept VIRTIO_F_VERSION_1 (legacy virtio-net is not supported)"
-                    .to_string(),
-            ));
-        }
-        let [mut rx, mut tx]: [Queue; 2] =
-            activation.queues.try_into().map_err(|q: Vec<Queue>| {
-                ActivateError::Backend(format!("virtio-net needs 2 queues, got {}", q.len()))
-            })?;
+        let [mut rx, mut tx] = activation.take_queues("virtio-net")?;
         let event_idx = acked & VIRTIO_RING_F_EVENT_IDX != 0;
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);

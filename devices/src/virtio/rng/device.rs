@@ -148,13 +148,8 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let count = activation.queues.len();
-        let [queue] = <[Queue; 1]>::try_from(activation.queues).map_err(|_| {
-            ActivateError::Backend(format!(
-                "virtio-rng has one queue, the driver set up {count}"
-            ))
-        })?;
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let [queue] = activation.take_queues("virtio-rng")?;
         self.active = Some(ActiveState {
             mem: activation.mem,
             interrupt: activation.interrupt,

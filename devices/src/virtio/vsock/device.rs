@@ -229,13 +229,8 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.config_space, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let count = activation.queues.len();
-        let queues = <[Queue; 3]>::try_from(activation.queues).map_err(|_| {
-            ActivateError::Backend(format!(
-                "virtio-vsock has three queues, the driver set up {count}"
-            ))
-        })?;
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let queues = activation.take_queues("virtio-vsock")?;
         self.active = Some(ActiveState {
             mem: activation.mem,
             interrupt: activation.interrupt,
