@@ -1,6 +1,7 @@
 //! The usual virtio-queue service loop, for devices that answer each chain
-//! on its own (rng, vsock TX): notifications off while draining, back on at
-//! the end, and drain again if the driver slipped a chain in between.
+//! on its own (block, rng, vsock TX): notifications off while draining,
+//! back on at the end, and drain again if the driver slipped a chain in
+//! between.
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;

@@ -5,13 +5,14 @@
 use std::os::unix::io::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
-use super::device::{ActiveState, Block};
+use super::device::{ActiveState, Backend, Block};
 use super::request::Request;
 use super::QUEUE_SIZE;
 use crate::virtio::interrupt::INT_USED_RING;
+use crate::virtio::queue_loop::{serve_chains, QueueOutcome};
 
 /// Chains served per wake-up before yielding to the other devices; the rest
 /// wait for the next turn of the event loop.
@@ -43,14 +44,6 @@ impl MutEventSubscriber for Block {
     }
 }
 
-enum Outcome {
-    /// The ring is empty and notifications are back on.
-    Done,
-    /// The per-run budget ran out with chains left.
-    Yield,
-    Broken(String),
-}
-
 impl Block {
     /// Serves what the driver made available, if the device is active and
     /// not broken.
@@ -70,13 +63,13 @@ impl Block {
             }
         }
         match outcome {
-            Outcome::Done => {}
-            Outcome::Yield => {
+            QueueOutcome::Done => {}
+            QueueOutcome::Yield => {
                 if let Err(e) = self.queue_evts[0].write(1) {
                     log::error!("virtio-blk {}: cannot requeue: {e}", self.path().display());
                 }
             }
-            Outcome::Broken(why) => {
+            QueueOutcome::Broken(why) => {
                 // Logged once: a broken device ignores its queue until reset.
                 log::error!(
                     "virtio-blk {}: malformed request from the driver: {why}; the device stops until the driver resets it",
@@ -92,47 +85,24 @@ impl Block {
     }
 }
 
-/// The usual virtio-queue loop: notifications off while draining, back on
-/// at the end, and drain again if the driver slipped a chain in between.
-fn serve(active: &mut ActiveState, backend: &mut super::device::Backend) -> (Outcome, u16) {
+/// Serves chains through the shared queue loop, at most CHAINS_PER_RUN
+/// per wake-up.
+fn serve(active: &mut ActiveState, backend: &mut Backend) -> (QueueOutcome, usize) {
     let ActiveState { mem, queue, .. } = active;
-    let mut served: u16 = 0;
-    for _ in 0..CHAINS_PER_RUN {
-        if let Err(e) = queue.disable_notification(&*mem) {
-            return (Outcome::Broken(format!("used ring: {e}")), served);
-        }
-        // An avail index more than a ring ahead of us is nonsense that
-        // virtio-queue would only log on every pop.
-        if let Err(e) = queue.iter(&*mem) {
-            return (Outcome::Broken(format!("available ring: {e}")), served);
-        }
-        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-            let head = chain.head_index();
-            let req = match Request::parse(mem, chain) {
-                Ok(req) => req,
-                Err(e) => return (Outcome::Broken(format!("chain at {head}: {e}")), served),
-            };
-            let (status, written) = backend.execute(mem, &req);
-            if let Err(e) = mem.write_obj(status, req.status_addr) {
-                return (Outcome::Broken(format!("status byte: {e}")), served);
-            }
-            // Parsing capped the chain at 4 GiB, so + 1 fits.
-            if let Err(e) = queue.add_used(&*mem, head, written.saturating_add(1)) {
-                return (Outcome::Broken(format!("used ring: {e}")), served);
-            }
-            served += 1;
-            if served >= CHAINS_PER_RUN {
-                return (Outcome::Yield, served);
-            }
-        }
-        match queue.enable_notification(&*mem) {
-            Ok(true) => continue,
-            Ok(false) => return (Outcome::Done, served),
-            Err(e) => return (Outcome::Broken(format!("available ring: {e}")), served),
-        }
-    }
-    // A driver that keeps re-adding chains as we re-enable notifications.
-    (Outcome::Yield, served)
+    let mem = &*mem;
+    let mut left = CHAINS_PER_RUN;
+    let budget = |_| {
+        left -= 1;
+        left > 0
+    };
+    serve_chains(queue, mem, budget, |chain| {
+        let req = Request::parse(mem, chain).map_err(|e| e.to_string())?;
+        let (status, written) = backend.execute(mem, &req);
+        mem.write_obj(status, req.status_addr)
+            .map_err(|e| format!("status byte: {e}"))?;
+        // Parsing capped the chain at 4 GiB, so + 1 fits.
+        Ok(written.saturating_add(1))
+    })
 }
 
 #[cfg(test)]
