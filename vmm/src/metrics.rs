@@ -29,7 +29,10 @@ pub struct VcpuExitCounters {
 /// store cannot lose a count and, unlike `fetch_add`, costs no locked
 /// read-modify-write on every exit.
 fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 impl VcpuExitCounters {
