@@ -72,11 +72,8 @@ pub struct JailArgs {
 pub enum JailSetupError {
     #[error(transparent)]
     Jail(#[from] jailer::JailError),
-    #[error(
-        "--name {0:?}: a jailed appliance's name must be 1-64 letters, digits, '-', '_' or '.', \
-         not starting with '.'"
-    )]
-    BadName(String),
+    #[error(transparent)]
+    Name(#[from] crate::appliance::runtime_dir::RuntimeDirError),
     #[error("{what} {path}: {source}")]
     Path {
         what: &'static str,
@@ -124,7 +121,11 @@ pub fn enter(
     }
     let user = JailUser::lookup(&args.jail_user)?;
     let name = match &config.name {
-        Some(name) => valid_name(name)?,
+        Some(name) => {
+            // Its jail directory and cgroup: the runtime directory's rules.
+            crate::appliance::runtime_dir::validate_name(name)?;
+            name.clone()
+        }
         None => format!("herd-{}", std::process::id()),
     };
     let mut binds = bind_list(config)?;
@@ -192,19 +193,6 @@ fn hand_over(dir: &Path, user: &JailUser) -> Result<(), JailSetupError> {
         .open(&log)
         .map_err(err(&log))?;
     std::os::unix::fs::chown(&log, Some(user.uid), Some(user.gid)).map_err(err(&log))
-}
-
-fn valid_name(name: &str) -> Result<String, JailSetupError> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(JailSetupError::BadName(name.to_owned()))
-    }
 }
 
 fn absolute(what: &'static str, path: &Path) -> Result<PathBuf, JailSetupError> {
@@ -349,16 +337,3 @@ pub fn supervise(supervisor: jailer::Supervisor) -> u8 {
 /// A jailed appliance killed by signal N makes herd exit 128 + N, as a
 /// shell reports it.
 const EXIT_KILLED_BASE: u8 = 128;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_single_path_components() {
-        assert!(valid_name("web-1.a_b").is_ok());
-        for bad in ["", ".", "..", "a/b", ".hidden", &"x".repeat(65)] {
-            assert!(valid_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}
