@@ -406,8 +406,6 @@ fn run(args: RunArgs, process_start: Instant) -> u8 {
     keep_fds.extend(named.iter().flat_map(NamedRun::keep_fds));
     keep_fds.extend(appliance::systemd::connect());
     let runtime_dir = named.as_ref().map(|n| n.dir().to_owned());
-    // The jail clears the environment: read the settings that come from it now.
-    vmm::device_manager::console::console_log_max();
     let jailed = match jail::enter(&args.jail, &mut config, &keep_fds, runtime_dir.as_deref()) {
         Ok(jail::Entered::Supervisor(supervisor)) => {
             if let Some(named) = &named {

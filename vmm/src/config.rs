@@ -31,8 +31,9 @@ pub enum ConsoleConfig {
     None,
     /// Appended to a file.
     File(PathBuf),
-    /// A named appliance's console log: appended, rotated when full.
-    Log(PathBuf),
+    /// A named appliance's console log: appended, rotated when it would
+    /// pass `max_bytes`.
+    Log { path: PathBuf, max_bytes: u64 },
 }
 
 impl FromStr for ConsoleConfig {
