@@ -269,7 +269,7 @@ fn cgroup_limits(
     }
     let parent = match (&args.cgroup_parent, jailer::cgroup2_root()) {
         (Some(parent), _) => parent.clone(),
-        (None, Some(root)) if has_limit_controllers(&root) => root.join("herd"),
+        (None, Some(root)) if jailer::has_limit_controllers(&root) => root.join("herd"),
         (None, root) => {
             // Not asked for explicitly: jail without limits rather than
             // refuse every appliance on a cgroup v1 or hybrid host.
@@ -297,13 +297,6 @@ fn cgroup_limits(
         cpu_period_us: CPU_PERIOD_US,
         pids_max: cpus + PIDS_BESIDES_VCPUS,
     }))
-}
-
-fn has_limit_controllers(root: &Path) -> bool {
-    std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| {
-        let have: Vec<&str> = c.split_whitespace().collect();
-        ["memory", "cpu", "pids"].iter().all(|w| have.contains(w))
-    })
 }
 
 /// Waits for the jailed appliance and turns its end into herd's status.

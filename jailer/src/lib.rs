@@ -29,7 +29,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{fork, ForkResult};
 
-pub use cgroup::{cgroup2_root, CgroupError, CgroupLimits};
+pub use cgroup::{cgroup2_root, has_limit_controllers, CgroupError, CgroupLimits};
 pub use privileges::{JailUser, Rlimits};
 pub use supervisor::{Supervisor, SupervisorOutcome};
 
