@@ -260,6 +260,12 @@ fn bind_list(config: &mut VmConfig) -> Result<Vec<Bind>, JailSetupError> {
     Ok(binds)
 }
 
+/// cpu.max's quota for `percent` of one CPU; a huge --cpu-quota
+/// saturates (the kernel then refuses it by name) instead of overflowing.
+fn cpu_quota_us(percent: u64) -> u64 {
+    CPU_PERIOD_US.saturating_mul(percent) / 100
+}
+
 fn cgroup_limits(
     args: &JailArgs,
     config: &VmConfig,
@@ -293,7 +299,7 @@ fn cgroup_limits(
             .memory_max
             .unwrap_or(config.mem_mib.saturating_add(args.memory_allowance))
             .saturating_mul(1 << 20),
-        cpu_quota_us: CPU_PERIOD_US * percent / 100,
+        cpu_quota_us: cpu_quota_us(percent),
         cpu_period_us: CPU_PERIOD_US,
         pids_max: cpus + PIDS_BESIDES_VCPUS,
     }))
@@ -330,3 +336,15 @@ pub fn supervise(supervisor: jailer::Supervisor) -> u8 {
 /// A jailed appliance killed by signal N makes herd exit 128 + N, as a
 /// shell reports it.
 const EXIT_KILLED_BASE: u8 = 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quota_is_a_share_of_the_period_and_never_overflows() {
+        assert_eq!(cpu_quota_us(100), CPU_PERIOD_US);
+        assert_eq!(cpu_quota_us(250), 250_000);
+        assert_eq!(cpu_quota_us(u64::MAX), u64::MAX / 100);
+    }
+}
