@@ -4,6 +4,7 @@
 //! how a jailed appliance ended.
 
 use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -185,14 +186,18 @@ fn hand_over(dir: &Path, user: &JailUser) -> Result<(), JailSetupError> {
     };
     std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(err(dir))?;
     // herd.log exists before the supervisor (root) appends to it, so the
-    // jailed herd (the jail's user) can append to it as well.
+    // jailed herd (the jail's user) can append to it as well. Not through
+    // a symlink, and chowned by descriptor: the directory belonged to the
+    // jail's user before, who could have planted one to get a root-owned
+    // file handed over.
     let log = dir.join(crate::appliance::runtime_dir::HERD_LOG);
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log)
         .map_err(err(&log))?;
-    std::os::unix::fs::chown(&log, Some(user.uid), Some(user.gid)).map_err(err(&log))
+    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).map_err(err(&log))
 }
 
 fn absolute(what: &'static str, path: &Path) -> Result<PathBuf, JailSetupError> {
@@ -346,5 +351,27 @@ mod tests {
         assert_eq!(cpu_quota_us(100), CPU_PERIOD_US);
         assert_eq!(cpu_quota_us(250), 250_000);
         assert_eq!(cpu_quota_us(u64::MAX), u64::MAX / 100);
+    }
+
+    #[test]
+    fn hand_over_does_not_follow_a_planted_herd_log_symlink() {
+        let dir = std::env::temp_dir().join(format!("herd-hand-over-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, "").unwrap();
+        let log = dir.join(crate::appliance::runtime_dir::HERD_LOG);
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        // SAFETY: getuid cannot fail and touches no memory.
+        let uid = unsafe { libc::getuid() };
+        // SAFETY: as above.
+        let gid = unsafe { libc::getgid() };
+        let user = JailUser { uid, gid };
+        let refused = hand_over(&dir, &user).is_err();
+        std::fs::remove_file(&log).unwrap();
+        let made = hand_over(&dir, &user);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(refused, "followed the symlink");
+        made.unwrap();
     }
 }
