@@ -4,6 +4,7 @@
 //! how a jailed appliance ended.
 
 use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -72,11 +73,8 @@ pub struct JailArgs {
 pub enum JailSetupError {
     #[error(transparent)]
     Jail(#[from] jailer::JailError),
-    #[error(
-        "--name {0:?}: a jailed appliance's name must be 1-64 letters, digits, '-', '_' or '.', \
-         not starting with '.'"
-    )]
-    BadName(String),
+    #[error(transparent)]
+    Name(#[from] crate::appliance::runtime_dir::RuntimeDirError),
     #[error("{what} {path}: {source}")]
     Path {
         what: &'static str,
@@ -124,7 +122,11 @@ pub fn enter(
     }
     let user = JailUser::lookup(&args.jail_user)?;
     let name = match &config.name {
-        Some(name) => valid_name(name)?,
+        Some(name) => {
+            // Its jail directory and cgroup: the runtime directory's rules.
+            crate::appliance::runtime_dir::validate_name(name)?;
+            name.clone()
+        }
         None => format!("herd-{}", std::process::id()),
     };
     let mut binds = bind_list(config)?;
@@ -184,27 +186,18 @@ fn hand_over(dir: &Path, user: &JailUser) -> Result<(), JailSetupError> {
     };
     std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(err(dir))?;
     // herd.log exists before the supervisor (root) appends to it, so the
-    // jailed herd (the jail's user) can append to it as well.
+    // jailed herd (the jail's user) can append to it as well. Not through
+    // a symlink, and chowned by descriptor: the directory belonged to the
+    // jail's user before, who could have planted one to get a root-owned
+    // file handed over.
     let log = dir.join(crate::appliance::runtime_dir::HERD_LOG);
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log)
         .map_err(err(&log))?;
-    std::os::unix::fs::chown(&log, Some(user.uid), Some(user.gid)).map_err(err(&log))
-}
-
-fn valid_name(name: &str) -> Result<String, JailSetupError> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(JailSetupError::BadName(name.to_owned()))
-    }
+    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).map_err(err(&log))
 }
 
 fn absolute(what: &'static str, path: &Path) -> Result<PathBuf, JailSetupError> {
@@ -272,6 +265,12 @@ fn bind_list(config: &mut VmConfig) -> Result<Vec<Bind>, JailSetupError> {
     Ok(binds)
 }
 
+/// cpu.max's quota for `percent` of one CPU; a huge --cpu-quota
+/// saturates (the kernel then refuses it by name) instead of overflowing.
+fn cpu_quota_us(percent: u64) -> u64 {
+    CPU_PERIOD_US.saturating_mul(percent) / 100
+}
+
 fn cgroup_limits(
     args: &JailArgs,
     config: &VmConfig,
@@ -281,7 +280,7 @@ fn cgroup_limits(
     }
     let parent = match (&args.cgroup_parent, jailer::cgroup2_root()) {
         (Some(parent), _) => parent.clone(),
-        (None, Some(root)) if has_limit_controllers(&root) => root.join("herd"),
+        (None, Some(root)) if jailer::has_limit_controllers(&root) => root.join("herd"),
         (None, root) => {
             // Not asked for explicitly: jail without limits rather than
             // refuse every appliance on a cgroup v1 or hybrid host.
@@ -305,17 +304,10 @@ fn cgroup_limits(
             .memory_max
             .unwrap_or(config.mem_mib.saturating_add(args.memory_allowance))
             .saturating_mul(1 << 20),
-        cpu_quota_us: CPU_PERIOD_US * percent / 100,
+        cpu_quota_us: cpu_quota_us(percent),
         cpu_period_us: CPU_PERIOD_US,
         pids_max: cpus + PIDS_BESIDES_VCPUS,
     }))
-}
-
-fn has_limit_controllers(root: &Path) -> bool {
-    std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| {
-        let have: Vec<&str> = c.split_whitespace().collect();
-        ["memory", "cpu", "pids"].iter().all(|w| have.contains(w))
-    })
 }
 
 /// Waits for the jailed appliance and turns its end into herd's status.
@@ -355,10 +347,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_single_path_components() {
-        assert!(valid_name("web-1.a_b").is_ok());
-        for bad in ["", ".", "..", "a/b", ".hidden", &"x".repeat(65)] {
-            assert!(valid_name(bad).is_err(), "{bad:?}");
-        }
+    fn cpu_quota_is_a_share_of_the_period_and_never_overflows() {
+        assert_eq!(cpu_quota_us(100), CPU_PERIOD_US);
+        assert_eq!(cpu_quota_us(250), 250_000);
+        assert_eq!(cpu_quota_us(u64::MAX), u64::MAX / 100);
+    }
+
+    #[test]
+    fn hand_over_does_not_follow_a_planted_herd_log_symlink() {
+        let dir = std::env::temp_dir().join(format!("herd-hand-over-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, "").unwrap();
+        let log = dir.join(crate::appliance::runtime_dir::HERD_LOG);
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        // SAFETY: getuid cannot fail and touches no memory.
+        let uid = unsafe { libc::getuid() };
+        // SAFETY: as above.
+        let gid = unsafe { libc::getgid() };
+        let user = JailUser { uid, gid };
+        let refused = hand_over(&dir, &user).is_err();
+        std::fs::remove_file(&log).unwrap();
+        let made = hand_over(&dir, &user);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(refused, "followed the symlink");
+        made.unwrap();
     }
 }

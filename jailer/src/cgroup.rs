@@ -99,6 +99,12 @@ fn missing_controllers(dir: &Path) -> Result<Vec<&'static str>, CgroupError> {
         .collect())
 }
 
+/// Whether the cgroup v2 directory `dir` offers every controller the
+/// limits need (memory, cpu, pids).
+pub fn has_limit_controllers(dir: &Path) -> bool {
+    missing_controllers(dir).is_ok_and(|missing| missing.is_empty())
+}
+
 fn enable_below(dir: &Path) -> Result<(), CgroupError> {
     let missing = missing_controllers(dir)?;
     if !missing.is_empty() {

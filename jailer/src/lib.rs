@@ -29,7 +29,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{fork, ForkResult};
 
-pub use cgroup::{cgroup2_root, CgroupError, CgroupLimits};
+pub use cgroup::{cgroup2_root, has_limit_controllers, CgroupError, CgroupLimits};
 pub use privileges::{JailUser, Rlimits};
 pub use supervisor::{Supervisor, SupervisorOutcome};
 
@@ -225,6 +225,13 @@ fn check_source(what: &'static str, path: &Path) -> Result<(), JailError> {
     if !path.is_absolute() {
         return Err(source(std::io::Error::other("not an absolute path")));
     }
+    // Bound over the jail's root it would hand the appliance the host's
+    // whole root filesystem (e.g. `--vsock /x.sock` binds `/`).
+    if path.parent().is_none() {
+        return Err(source(std::io::Error::other(
+            "the host's root directory; use a directory of its own",
+        )));
+    }
     std::fs::metadata(path).map(drop).map_err(source)
 }
 
@@ -257,4 +264,17 @@ fn confine(
     mounts::build_root(&root, &config.binds, &config.devices)?;
     mounts::pivot_into(&root)?;
     privileges::set_rlimits(&config.rlimits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_must_be_absolute_and_not_the_root() {
+        assert!(check_source("file", Path::new("/dev/null")).is_ok());
+        for bad in ["/", "relative", "/no/such/herd/file"] {
+            assert!(check_source("file", Path::new(bad)).is_err(), "{bad}");
+        }
+    }
 }

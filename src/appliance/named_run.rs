@@ -36,7 +36,10 @@ impl Drop for NamedRun {
 /// `--console`, where `log` means this appliance's console log.
 pub fn console_config(console: &str, named: Option<&NamedRun>) -> Result<ConsoleConfig, String> {
     match (console, named) {
-        ("log", Some(named)) => Ok(ConsoleConfig::Log(named.console_log())),
+        ("log", Some(named)) => Ok(ConsoleConfig::Log {
+            path: named.console_log(),
+            max_bytes: vmm::device_manager::console::console_log_max(),
+        }),
         ("log", None) => Err(
             "--console log needs --name: the log lives in the appliance's runtime directory".into(),
         ),

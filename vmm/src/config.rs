@@ -31,8 +31,9 @@ pub enum ConsoleConfig {
     None,
     /// Appended to a file.
     File(PathBuf),
-    /// A named appliance's console log: appended, rotated when full.
-    Log(PathBuf),
+    /// A named appliance's console log: appended, rotated when it would
+    /// pass `max_bytes`.
+    Log { path: PathBuf, max_bytes: u64 },
 }
 
 impl FromStr for ConsoleConfig {
@@ -251,6 +252,15 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
+    /// A NIC's MAC address: the one given, or one derived from the
+    /// appliance's name (the TAP's name for an unnamed VM), stable across
+    /// restarts.
+    pub fn nic_mac(&self, spec: &NetSpec) -> [u8; 6] {
+        let name = self.name.as_deref().unwrap_or(&spec.tap);
+        spec.mac
+            .unwrap_or_else(|| devices::virtio::net::mac_from_name(name))
+    }
+
     /// Root, then disks, then NICs, then the rng and vsock: the order of
     /// their MMIO slots.
     pub fn virtio_device_count(&self) -> usize {
@@ -303,6 +313,20 @@ mod tests {
             rng: false,
             vsock: None,
         }
+    }
+
+    #[test]
+    fn nic_macs_come_from_the_spec_else_the_name_else_the_tap() {
+        let spec: NetSpec = "tap=tap7".parse().unwrap();
+        let given: NetSpec = "tap=tap7,mac=02:00:00:00:00:09".parse().unwrap();
+        let mut c = config();
+        assert_eq!(
+            c.nic_mac(&spec),
+            devices::virtio::net::mac_from_name("tap7")
+        );
+        c.name = Some("web".into());
+        assert_eq!(c.nic_mac(&spec), devices::virtio::net::mac_from_name("web"));
+        assert_eq!(c.nic_mac(&given), [2, 0, 0, 0, 0, 9]);
     }
 
     #[test]

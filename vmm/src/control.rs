@@ -101,11 +101,6 @@ pub struct BootClock {
     pub ready: Arc<GuestReady>,
 }
 
-/// A graceful stop under way.
-struct PendingStop {
-    timeout: Duration,
-}
-
 pub struct VmControl {
     stop: VmStop,
     i8042: Arc<Mutex<I8042>>,
@@ -113,7 +108,8 @@ pub struct VmControl {
     /// Threads to kick out of KVM_RUN; emptied (under the lock) before they
     /// are joined, so a kick never targets a finished thread.
     vcpu_threads: Mutex<Vec<libc::pthread_t>>,
-    pending_stop: Mutex<Option<PendingStop>>,
+    /// A graceful stop is under way (set once, never cleared).
+    stop_pending: AtomicBool,
     pub boot: BootClock,
 }
 
@@ -124,7 +120,7 @@ impl VmControl {
             i8042,
             pause: Arc::default(),
             vcpu_threads: Mutex::new(Vec::new()),
-            pending_stop: Mutex::new(None),
+            stop_pending: AtomicBool::new(false),
             boot,
         }
     }
@@ -148,12 +144,7 @@ impl VmControl {
     }
 
     pub fn state(&self) -> VmState {
-        let pending = self
-            .pending_stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if pending || self.stop.is_requested() {
+        if self.stop_pending.load(Ordering::Acquire) || self.stop.is_requested() {
             VmState::Stopping
         } else if self.pause.is_requested() {
             VmState::Paused
@@ -210,20 +201,16 @@ impl VmControl {
         why: &str,
         immediate: StopReason,
     ) -> PowerOffMethod {
-        {
-            let mut pending = self.pending_stop.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.is_some() || self.stop.is_requested() {
-                return PowerOffMethod::AlreadyStopping;
-            }
-            // A paused guest cannot shut down.
-            self.pause.release();
-            if let Err(e) = self.press_power_button() {
-                drop(pending);
-                log::info!("{why}: {e}; stopping the VM at once");
-                self.stop.request(immediate);
-                return PowerOffMethod::Immediate;
-            }
-            *pending = Some(PendingStop { timeout });
+        // Only the first request goes on; later ones see it under way.
+        if self.stop_pending.swap(true, Ordering::AcqRel) || self.stop.is_requested() {
+            return PowerOffMethod::AlreadyStopping;
+        }
+        // A paused guest cannot shut down.
+        self.pause.release();
+        if let Err(e) = self.press_power_button() {
+            log::info!("{why}: {e}; stopping the VM at once");
+            self.stop.request(immediate);
+            return PowerOffMethod::Immediate;
         }
         log::info!(
             "{why}: asked the guest to power off (Ctrl-Alt-Del); forcing it off in {} s",
@@ -232,7 +219,7 @@ impl VmControl {
         let control = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("herd-stop-timer".into())
-            .spawn(move || control.force_after_deadline());
+            .spawn(move || control.force_after(timeout));
         if let Err(e) = spawned {
             self.kill(&format!("{why}: cannot start the stop timer ({e})"));
         }
@@ -248,13 +235,7 @@ impl VmControl {
             .ctrl_alt_del()
     }
 
-    fn force_after_deadline(&self) {
-        let timeout = self
-            .pending_stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(Duration::ZERO, |p| p.timeout);
+    fn force_after(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.stop.is_requested() {

@@ -56,20 +56,15 @@ impl VmDescription {
             nets: config
                 .nets
                 .iter()
-                .map(|n| {
-                    let name = config.name.as_deref().unwrap_or(&n.tap);
-                    let mac = n
-                        .mac
-                        .unwrap_or_else(|| devices::virtio::net::mac_from_name(name));
-                    NetInfo {
-                        tap: n.tap.clone(),
-                        mac: mac
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":"),
-                        bridge: n.bridge.clone(),
-                    }
+                .map(|n| NetInfo {
+                    tap: n.tap.clone(),
+                    mac: config
+                        .nic_mac(n)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                    bridge: n.bridge.clone(),
                 })
                 .collect(),
             vcpus: config.cpus,

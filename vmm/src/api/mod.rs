@@ -141,41 +141,31 @@ fn turn_away(mut stream: UnixStream) {
 }
 
 /// One request, one response; any client misbehaviour ends here.
-fn connection(mut stream: UnixStream, ctx: &ApiContext) {
+fn connection(stream: UnixStream, ctx: &ApiContext) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let reader = stream.try_clone();
-    let response = match reader {
-        Ok(mut reader) => {
-            let timeout_handle = reader.try_clone();
-            let request = http::read_request(&mut reader, deadline, |left| {
-                if let Ok(s) = &timeout_handle {
-                    let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-                }
-            });
-            match request {
-                Ok(req) => match routes::route(&req.method, &req.path, &req.body) {
-                    Ok(api_request) => {
-                        log::debug!("control API: {api_request:?}");
-                        routes::handle(api_request, ctx)
-                    }
-                    Err(response) => response,
-                },
-                Err(e) => match e.status() {
-                    Some(status) => {
-                        log::debug!("control API: {e}");
-                        http::Response::error(status, e)
-                    }
-                    None => {
-                        log::debug!("control API: {e}");
-                        return;
-                    }
-                },
+    // Reads go through a shared reference, so the read timeout is set on
+    // the same socket without duplicating its descriptor.
+    let request = http::read_request(&mut &stream, deadline, |left| {
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+    });
+    let response = match request {
+        Ok(req) => match routes::route(&req.method, &req.path, &req.body) {
+            Ok(api_request) => {
+                log::debug!("control API: {api_request:?}");
+                routes::handle(api_request, ctx)
+            }
+            Err(response) => response,
+        },
+        Err(e) => {
+            log::debug!("control API: {e}");
+            match e.status() {
+                Some(status) => http::Response::error(status, e),
+                None => return,
             }
         }
-        Err(e) => http::Response::error(500, e),
     };
-    if let Err(e) = response.write_to(&mut stream) {
+    if let Err(e) = response.write_to(&mut &stream) {
         log::debug!("control API: client went away before the answer: {e}");
     }
 }

@@ -24,17 +24,14 @@ pub const CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
 /// `max-size` log option.
 pub const CONSOLE_LOG_MAX_ENV: &str = "HERD_CONSOLE_LOG_MAX_BYTES";
 
-/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set and sane. Read
-/// once: herd calls this before the jail clears the environment, and the
-/// VM built inside the jail gets the same value.
+/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set and sane. The
+/// CLI reads it into `ConsoleConfig::Log`, which carries it into a jail
+/// (whose environment is cleared).
 pub fn console_log_max() -> u64 {
-    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var(CONSOLE_LOG_MAX_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
-    })
+    std::env::var(CONSOLE_LOG_MAX_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
 }
 
 /// Appends to `path`, moving its contents to `path.1` when it is full.

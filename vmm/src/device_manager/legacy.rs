@@ -21,7 +21,7 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::console::{console_log_max, ConsoleHub, ConsoleTee, RotatingLog};
+use super::console::{ConsoleHub, ConsoleTee, RotatingLog};
 use super::console_out::{self, ConsoleWriter};
 use crate::config::ConsoleConfig;
 use crate::control::VmControl;
@@ -65,12 +65,14 @@ fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, Devi
     Ok(match console {
         ConsoleConfig::Stdio => Box::new(std::io::stdout()),
         ConsoleConfig::None => Box::new(std::io::sink()),
-        ConsoleConfig::Log(path) => Box::new(RotatingLog::open(path, console_log_max()).map_err(
-            |source| DeviceError::ConsoleFile {
-                path: path.clone(),
-                source,
-            },
-        )?),
+        ConsoleConfig::Log { path, max_bytes } => {
+            Box::new(RotatingLog::open(path, *max_bytes).map_err(|source| {
+                DeviceError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?)
+        }
         ConsoleConfig::File(path) => Box::new(
             OpenOptions::new()
                 .create(true)

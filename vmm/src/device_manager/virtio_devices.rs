@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::{Block, BlockConfig, BlockError};
-use devices::virtio::net::{mac_from_name, Net, NetConfig, NetError};
+use devices::virtio::net::{Net, NetConfig, NetError};
 use devices::virtio::rng::{HostEntropy, Rng, RngError};
 use devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
 use kvm_ioctls::VmFd;
@@ -78,8 +78,7 @@ pub fn create(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VirtioDevice
         handles.push(VirtioDeviceHandle::Block(Arc::new(Mutex::new(block))));
     }
     for spec in &config.nets {
-        let name = config.name.as_deref().unwrap_or(&spec.tap);
-        let mac = spec.mac.unwrap_or_else(|| mac_from_name(name));
+        let mac = config.nic_mac(spec);
         let net = Net::new(NetConfig {
             tap_name: spec.tap.clone(),
             mac,

@@ -198,8 +198,8 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
     // accepted connections are made non-blocking and cloned.
     let mut fcntl = vec![libc::F_GETFD];
     if kind != ThreadKind::Vcpu {
-        // F_DUPFD_CLOEXEC: try_clone, a reader beside the writer (API
-        // connections, console socket clients).
+        // F_DUPFD_CLOEXEC: try_clone, a reader beside the writer (console
+        // socket clients).
         fcntl.extend([libc::F_GETFL, libc::F_SETFL, libc::F_DUPFD_CLOEXEC]);
     }
     let fcntl = fcntl
