@@ -51,9 +51,17 @@ impl Subnet {
         Ok(Subnet { host, prefix })
     }
 
+    /// The netmask as a number (`prefix` is 8..=30, so the shift is in range).
+    pub fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
     pub fn network(&self) -> Ipv4Addr {
-        let mask = u32::MAX << (32 - u32::from(self.prefix));
-        Ipv4Addr::from(u32::from(self.host) & mask)
+        Ipv4Addr::from(u32::from(self.host) & self.mask())
     }
 }
 

@@ -2,7 +2,6 @@
 //! appliance (`herd run --detach --name STACK-NAME ...`), so `herd ps`,
 //! `logs`, `stop` work on it; waiting until its guest says it is ready.
 
-use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,10 +17,6 @@ use crate::appliance::runtime_dir::{self, Liveness, API_SOCKET, BOOT_REPORT};
 /// How long a guest gets from launch to "ready".
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn netmask(prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix)))
-}
-
 /// The kernel command line herd adds for the stack: the address (so the
 /// guest has it before its init reads config/network), then the file's
 /// additions, then the job's command.
@@ -31,7 +26,7 @@ fn cmdline(plan: &Plan, inst: &Instance) -> Option<String> {
         parts.push(format!(
             "ip={a}::{}:{}:{}:eth0:off",
             net.subnet.host,
-            netmask(net.subnet.prefix),
+            net.subnet.netmask(),
             inst.name
         ));
     }
