@@ -79,7 +79,7 @@ pub struct Settings {
     pub cmdline: Option<String>,
     /// A command that ends (`herd.run`): the appliance is a job.
     pub run: Option<String>,
-    pub stop_timeout: Option<f64>,
+    pub stop_timeout: Option<Spanned<f64>>,
 }
 
 /// Exactly one of `tcp`, `http` (with `port`), `console`.
