@@ -144,7 +144,7 @@ pub fn start(plan: &Plan, inst: &Instance) -> Result<SystemTime, String> {
 
 /// What the appliance's last run left: exit status and when it ended.
 pub fn last_run(runtime_name: &str) -> Option<(i32, SystemTime, String)> {
-    let path = runtime_dir::base_dir().join(runtime_name).join(BOOT_REPORT);
+    let path = runtime_dir::file_of(runtime_name, BOOT_REPORT);
     let bytes = std::fs::read(&path).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let status = i32::try_from(v["exit_status"].as_i64()?).ok()?;
@@ -164,9 +164,7 @@ pub enum Ready {
 
 /// Waits until the guest is ready or gone.
 pub fn wait_ready(inst: &Instance, since: Instant) -> Result<Ready, String> {
-    let socket: PathBuf = runtime_dir::base_dir()
-        .join(&inst.runtime_name)
-        .join(API_SOCKET);
+    let socket = runtime_dir::file_of(&inst.runtime_name, API_SOCKET);
     // The herd init says "ready" (124) once its services run; a guest
     // without an image (a bare kernel) only has the boot timer (123), and
     // with a health check, the check is what decides.
