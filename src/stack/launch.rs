@@ -177,16 +177,18 @@ pub fn wait_ready(inst: &Instance, since: Instant) -> Result<Ready, String> {
         if super::interrupted() {
             return Err("interrupted".into());
         }
-        if !is_running(&inst.runtime_name) {
-            return match last_run(&inst.runtime_name) {
-                Some((status, _, reason)) => Ok(Ready::Exited(status, reason)),
-                None => Err("its herd is gone and left no report".into()),
-            };
-        }
-        if let Ok(vm) = client::request(&socket, "GET", "/v1/vm", None) {
-            if !vm["boot"][key].is_null() {
-                return Ok(Ready::Ready(since.elapsed()));
+        // An answer means its herd runs; only without one is the lock
+        // probed (each probe briefly contends with a restart's claim).
+        match client::request(&socket, "GET", "/v1/vm", None) {
+            Ok(vm) if !vm["boot"][key].is_null() => return Ok(Ready::Ready(since.elapsed())),
+            Ok(_) => {}
+            Err(_) if !is_running(&inst.runtime_name) => {
+                return match last_run(&inst.runtime_name) {
+                    Some((status, _, reason)) => Ok(Ready::Exited(status, reason)),
+                    None => Err("its herd is gone and left no report".into()),
+                };
             }
+            Err(_) => {}
         }
         if since.elapsed() > READY_TIMEOUT {
             return Err(format!(
