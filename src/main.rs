@@ -11,6 +11,7 @@ mod log_limit;
 mod net_setup;
 mod stack;
 mod terminal;
+mod toml_span;
 mod vm_slots;
 
 use std::os::fd::AsRawFd;

@@ -125,8 +125,7 @@ pub struct Located<'a> {
 
 impl Located<'_> {
     pub fn line(&self, offset: usize) -> usize {
-        let at = offset.min(self.text.len());
-        self.text[..at].matches('\n').count() + 1
+        crate::toml_span::line(self.text, offset)
     }
 
     pub fn error(
