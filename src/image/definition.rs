@@ -247,7 +247,7 @@ impl Definition {
 }
 
 /// Names and versions become directory names in the store.
-fn check_word(key: &str, value: &str) -> Result<(), String> {
+pub fn check_word(key: &str, value: &str) -> Result<(), String> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && !value.starts_with(['.', '-'])
