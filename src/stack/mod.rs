@@ -471,16 +471,13 @@ fn down(path: &Path, volumes: bool) -> u8 {
         Err(e) => return fail(EXIT_HOST_FAILURE, e),
     };
     let all: Vec<usize> = (0..plan.instances.len()).collect();
-    let stopped = plan
+    let running: Vec<_> = plan
         .instances
         .iter()
         .filter(|i| launch::is_running(&i.runtime_name))
-        .count();
-    for i in plan
-        .instances
-        .iter()
-        .filter(|i| launch::is_running(&i.runtime_name))
-    {
+        .collect();
+    let stopped = running.len();
+    for i in running {
         events::record(&plan.work_dir, &i.name, "stopping", "herd down");
     }
     let mut errors = up::down(plan, &all);
