@@ -12,6 +12,7 @@ mod net_setup;
 mod run;
 mod stack;
 mod terminal;
+mod toml_span;
 mod vm_slots;
 
 use std::path::PathBuf;

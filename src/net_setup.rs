@@ -51,9 +51,17 @@ impl Subnet {
         Ok(Subnet { host, prefix })
     }
 
+    /// The netmask as a number (`prefix` is 8..=30, so the shift is in range).
+    pub fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
     pub fn network(&self) -> Ipv4Addr {
-        let mask = u32::MAX << (32 - u32::from(self.prefix));
-        Ipv4Addr::from(u32::from(self.host) & mask)
+        Ipv4Addr::from(u32::from(self.host) & self.mask())
     }
 }
 
@@ -250,6 +258,20 @@ pub fn remove(name: &str) -> Result<(), NetSetupError> {
     restore_ip_forward()
 }
 
+/// Removes TAP `name` (one a killed herd left behind); a missing link is
+/// fine, a link of another kind is left alone.
+pub fn remove_tap(name: &str) -> Result<(), NetSetupError> {
+    validate_name(name)?;
+    match link_kind(name)?.as_deref() {
+        None => Ok(()),
+        Some("tun") => ip(&["link", "del", name]).map(drop),
+        Some(kind) => Err(NetSetupError::Failed {
+            command: format!("ip link del {name}"),
+            detail: format!("it is a {kind:?} link, not a TAP; herd leaves it alone"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +286,31 @@ mod tests {
         assert!(validate_name("appnet").is_ok());
         assert!(validate_name("a-very-long-bridge-name").is_err());
         assert!(validate_name("bad name").is_err());
+    }
+
+    #[test]
+    fn remove_tap_removes_only_taps() {
+        // In a network namespace of this thread's own (inherited by the
+        // `ip` it runs), so no host link is touched.
+        std::thread::spawn(|| {
+            // SAFETY: unshare takes no pointers; it moves only this thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "SKIPPED remove_tap_removes_only_taps: cannot unshare a network                      namespace ({}); run as root",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            ip(&["tuntap", "add", "hdtest0", "mode", "tap"]).unwrap();
+            ip(&["link", "add", "hdtestbr", "type", "bridge"]).unwrap();
+            assert!(remove_tap("hdtestbr").is_err());
+            assert_eq!(link_kind("hdtestbr").unwrap().as_deref(), Some("bridge"));
+            remove_tap("hdtest0").unwrap();
+            assert_eq!(link_kind("hdtest0").unwrap(), None);
+            remove_tap("hdtest0").unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

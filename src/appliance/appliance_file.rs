@@ -58,8 +58,7 @@ impl ApplianceFile {
                 path: path.to_owned(),
                 message: match e.span() {
                     Some(span) => {
-                        let at = span.start.min(text.len());
-                        let line = text[..at].matches('\n').count() + 1;
+                        let line = crate::toml_span::line(text, span.start);
                         let source = text.lines().nth(line - 1).unwrap_or("").trim();
                         format!("line {line} `{source}`: {}", e.message())
                     }

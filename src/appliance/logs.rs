@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use vmm::device_manager::console::RotatingLog;
@@ -29,14 +30,26 @@ fn tail(text: &[u8], lines: Option<usize>) -> &[u8] {
     &text[start..]
 }
 
-pub fn logs(name: &str, follow: bool, lines: Option<usize>) -> Result<(), RuntimeDirError> {
-    let entry = runtime_dir::find(name)?;
-    let path = entry.file(CONSOLE_LOG);
-    let mut text = std::fs::read(RotatingLog::rotated_path(&path)).unwrap_or_default();
-    let mut file = File::open(&path).ok();
+/// The console log so far, the rotated `.1` file first, and the current
+/// file (open at its end) to follow.
+fn read_console(path: &Path) -> (Vec<u8>, Option<File>) {
+    let mut text = std::fs::read(RotatingLog::rotated_path(path)).unwrap_or_default();
+    let mut file = File::open(path).ok();
     if let Some(f) = &mut file {
         let _ = f.read_to_end(&mut text);
     }
+    (text, file)
+}
+
+/// NAME's whole console log (rotated part included); empty if none.
+pub fn console_text(name: &str) -> Vec<u8> {
+    read_console(&runtime_dir::file_of(name, CONSOLE_LOG)).0
+}
+
+pub fn logs(name: &str, follow: bool, lines: Option<usize>) -> Result<(), RuntimeDirError> {
+    let entry = runtime_dir::find(name)?;
+    let path = entry.file(CONSOLE_LOG);
+    let (text, mut file) = read_console(&path);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(tail(&text, lines));
     let _ = out.flush();
@@ -89,5 +102,19 @@ mod tests {
         assert_eq!(tail(b"a\nb\n", Some(5)), b"a\nb\n");
         assert_eq!(tail(b"a\nb\n", None), b"a\nb\n");
         assert_eq!(tail(b"a\nb\n", Some(0)), b"");
+    }
+
+    #[test]
+    fn console_text_includes_the_rotated_part() {
+        let dir = std::env::temp_dir().join(format!("herd-logs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(CONSOLE_LOG);
+        assert!(read_console(&path).0.is_empty());
+        std::fs::write(RotatingLog::rotated_path(&path), b"ready\n").unwrap();
+        std::fs::write(&path, b"later\n").unwrap();
+        let (text, file) = read_console(&path);
+        assert_eq!(text, b"ready\nlater\n");
+        assert!(file.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@ pub mod client;
 mod console;
 pub mod control;
 pub mod detach;
-mod logs;
+pub mod logs;
 pub mod named_run;
 pub mod runtime_dir;
 pub mod systemd;

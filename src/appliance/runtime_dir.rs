@@ -65,6 +65,12 @@ pub fn base_dir() -> PathBuf {
     }
 }
 
+/// A file in NAME's directory, without the liveness probe `find` makes
+/// (NAME must already be valid, as a stack's runtime names are).
+pub fn file_of(name: &str, file: &str) -> PathBuf {
+    base_dir().join(name).join(file)
+}
+
 pub fn validate_name(name: &str) -> Result<(), RuntimeDirError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN

@@ -147,7 +147,7 @@ impl Definition {
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
-                .map(|s| line_column(text, s.start))
+                .map(|s| crate::toml_span::line_column(text, s.start))
                 .unwrap_or((1, 1));
             DefinitionError::Parse {
                 path: path.to_owned(),
@@ -247,7 +247,7 @@ impl Definition {
 }
 
 /// Names and versions become directory names in the store.
-fn check_word(key: &str, value: &str) -> Result<(), String> {
+pub fn check_word(key: &str, value: &str) -> Result<(), String> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && !value.starts_with(['.', '-'])
@@ -261,14 +261,6 @@ fn check_word(key: &str, value: &str) -> Result<(), String> {
             "{value:?} is not a valid {key}: 1-64 letters, digits, _ . - +, not starting with . or -"
         ))
     }
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
@@ -366,11 +358,5 @@ docs = false
             e.contains("/nonexistent/redis.toml") && e.contains("No such file"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn line_column_counts_from_one() {
-        assert_eq!(line_column("ab\ncd", 0), (1, 1));
-        assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }
 }

@@ -197,12 +197,8 @@ pub fn parse_reference(reference: &str) -> Result<(&str, Option<&str>), StoreErr
         Some((n, v)) => (n, Some(v)),
         None => (reference, None),
     };
-    let word = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with(['.', '-'])
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-+".contains(c))
-    };
+    // The rule a definition's name and version follow (no image can have another).
+    let word = |s: &str| super::definition::check_word("", s).is_ok();
     if !word(name) || !version.is_none_or(word) {
         return Err(StoreError::BadReference(reference.to_owned()));
     }

@@ -165,7 +165,7 @@ impl Planner<'_> {
 
 /// An address a guest may have in `subnet`.
 pub fn usable(subnet: Subnet, a: Ipv4Addr) -> bool {
-    let mask = u32::MAX << (32 - u32::from(subnet.prefix));
+    let mask = subnet.mask();
     let net = u32::from(subnet.network());
     let a32 = u32::from(a);
     a32 & mask == net && a32 != net && a32 != net | !mask && a != subnet.host

@@ -79,7 +79,7 @@ pub struct Settings {
     pub cmdline: Option<String>,
     /// A command that ends (`herd.run`): the appliance is a job.
     pub run: Option<String>,
-    pub stop_timeout: Option<f64>,
+    pub stop_timeout: Option<Spanned<f64>>,
 }
 
 /// Exactly one of `tcp`, `http` (with `port`), `console`.
@@ -125,8 +125,7 @@ pub struct Located<'a> {
 
 impl Located<'_> {
     pub fn line(&self, offset: usize) -> usize {
-        let at = offset.min(self.text.len());
-        self.text[..at].matches('\n').count() + 1
+        crate::toml_span::line(self.text, offset)
     }
 
     pub fn error(

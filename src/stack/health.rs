@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::file::Health;
-use crate::appliance::runtime_dir::{self, CONSOLE_LOG};
+use crate::appliance::logs;
 
 const DEFAULT_INTERVAL: f64 = 1.0;
 const DEFAULT_TIMEOUT: f64 = 2.0;
@@ -19,8 +19,7 @@ fn secs(s: f64) -> Duration {
 
 /// The last `n` lines of an appliance's console log.
 pub fn console_tail(runtime_name: &str, n: usize) -> Vec<String> {
-    let path = runtime_dir::base_dir().join(runtime_name).join(CONSOLE_LOG);
-    let text = std::fs::read(path).unwrap_or_default();
+    let text = logs::console_text(runtime_name);
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<String> = text
         .lines()
@@ -31,10 +30,7 @@ pub fn console_tail(runtime_name: &str, n: usize) -> Vec<String> {
 }
 
 fn console_has(runtime_name: &str, line: &str) -> bool {
-    let path = runtime_dir::base_dir().join(runtime_name).join(CONSOLE_LOG);
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).contains(line))
-        .unwrap_or(false)
+    String::from_utf8_lossy(&logs::console_text(runtime_name)).contains(line)
 }
 
 fn http_status(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {

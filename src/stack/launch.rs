@@ -2,7 +2,6 @@
 //! appliance (`herd run --detach --name STACK-NAME ...`), so `herd ps`,
 //! `logs`, `stop` work on it; waiting until its guest says it is ready.
 
-use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,10 +17,6 @@ use crate::appliance::runtime_dir::{self, Liveness, API_SOCKET, BOOT_REPORT};
 /// How long a guest gets from launch to "ready".
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn netmask(prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix)))
-}
-
 /// The kernel command line herd adds for the stack: the address (so the
 /// guest has it before its init reads config/network), then the file's
 /// additions, then the job's command.
@@ -31,7 +26,7 @@ fn cmdline(plan: &Plan, inst: &Instance) -> Option<String> {
         parts.push(format!(
             "ip={a}::{}:{}:{}:eth0:off",
             net.subnet.host,
-            netmask(net.subnet.prefix),
+            net.subnet.netmask(),
             inst.name
         ));
     }
@@ -149,7 +144,7 @@ pub fn start(plan: &Plan, inst: &Instance) -> Result<SystemTime, String> {
 
 /// What the appliance's last run left: exit status and when it ended.
 pub fn last_run(runtime_name: &str) -> Option<(i32, SystemTime, String)> {
-    let path = runtime_dir::base_dir().join(runtime_name).join(BOOT_REPORT);
+    let path = runtime_dir::file_of(runtime_name, BOOT_REPORT);
     let bytes = std::fs::read(&path).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let status = i32::try_from(v["exit_status"].as_i64()?).ok()?;
@@ -169,9 +164,7 @@ pub enum Ready {
 
 /// Waits until the guest is ready or gone.
 pub fn wait_ready(inst: &Instance, since: Instant) -> Result<Ready, String> {
-    let socket: PathBuf = runtime_dir::base_dir()
-        .join(&inst.runtime_name)
-        .join(API_SOCKET);
+    let socket = runtime_dir::file_of(&inst.runtime_name, API_SOCKET);
     // The herd init says "ready" (124) once its services run; a guest
     // without an image (a bare kernel) only has the boot timer (123), and
     // with a health check, the check is what decides.
@@ -184,16 +177,18 @@ pub fn wait_ready(inst: &Instance, since: Instant) -> Result<Ready, String> {
         if super::interrupted() {
             return Err("interrupted".into());
         }
-        if !is_running(&inst.runtime_name) {
-            return match last_run(&inst.runtime_name) {
-                Some((status, _, reason)) => Ok(Ready::Exited(status, reason)),
-                None => Err("its herd is gone and left no report".into()),
-            };
-        }
-        if let Ok(vm) = client::request(&socket, "GET", "/v1/vm", None) {
-            if !vm["boot"][key].is_null() {
-                return Ok(Ready::Ready(since.elapsed()));
+        // An answer means its herd runs; only without one is the lock
+        // probed (each probe briefly contends with a restart's claim).
+        match client::request(&socket, "GET", "/v1/vm", None) {
+            Ok(vm) if !vm["boot"][key].is_null() => return Ok(Ready::Ready(since.elapsed())),
+            Ok(_) => {}
+            Err(_) if !is_running(&inst.runtime_name) => {
+                return match last_run(&inst.runtime_name) {
+                    Some((status, _, reason)) => Ok(Ready::Exited(status, reason)),
+                    None => Err("its herd is gone and left no report".into()),
+                };
             }
+            Err(_) => {}
         }
         if since.elapsed() > READY_TIMEOUT {
             return Err(format!(

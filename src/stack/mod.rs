@@ -17,7 +17,7 @@ mod upgrade;
 mod verdict;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -441,6 +441,24 @@ fn any_image(
     Ok((image.map(PathBuf::from), kernel.unwrap_or_default()))
 }
 
+/// Whether `disk` (from the state file, which a user may edit) has the
+/// shape of a disk `up` made, `DIR/.herd/STACK/NAME.img` beside this
+/// stack's work directory, so `down --volumes` deletes nothing else.
+fn made_by_a_stack(work_dir: &Path, disk: &Path) -> bool {
+    let plain = disk.components().all(|c| {
+        matches!(
+            c,
+            Component::RootDir | Component::Normal(_) | Component::CurDir
+        )
+    });
+    let real = |p: Option<&Path>| p.and_then(|p| std::fs::canonicalize(p).ok());
+    let herd_dir = real(disk.parent().and_then(Path::parent));
+    plain
+        && disk.extension().is_some_and(|e| e == "img")
+        && herd_dir.is_some()
+        && herd_dir == real(work_dir.parent())
+}
+
 fn down(path: &Path, volumes: bool) -> u8 {
     let mut stack = match load(path, &any_image) {
         Ok(s) => s,
@@ -453,28 +471,36 @@ fn down(path: &Path, volumes: bool) -> u8 {
         Err(e) => return fail(EXIT_HOST_FAILURE, e),
     };
     let all: Vec<usize> = (0..plan.instances.len()).collect();
-    let stopped = plan
+    let running: Vec<_> = plan
         .instances
         .iter()
         .filter(|i| launch::is_running(&i.runtime_name))
-        .count();
-    for i in plan
-        .instances
-        .iter()
-        .filter(|i| launch::is_running(&i.runtime_name))
-    {
+        .collect();
+    let stopped = running.len();
+    for i in running {
         events::record(&plan.work_dir, &i.name, "stopping", "herd down");
     }
     let mut errors = up::down(plan, &all);
     errors.extend(up::network_down(plan));
     if volumes {
         for entry in stack.state.appliances.values_mut() {
-            if let Some(disk) = entry.created_disk.take() {
-                if let Err(e) = std::fs::remove_file(&disk) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        errors.push(format!("cannot delete {}: {e}", disk.display()));
-                    }
-                }
+            let Some(disk) = entry.created_disk.take() else {
+                continue;
+            };
+            if !disk.exists() {
+                continue;
+            }
+            if !made_by_a_stack(&plan.work_dir, &disk) {
+                errors.push(format!(
+                    "the state file names {} as a disk the stack made, but it is not in {}; \
+                     left alone",
+                    disk.display(),
+                    plan.work_dir.parent().unwrap_or(&plan.work_dir).display()
+                ));
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(&disk) {
+                errors.push(format!("cannot delete {}: {e}", disk.display()));
             }
         }
         let _ = std::fs::remove_dir_all(&plan.work_dir);
@@ -510,4 +536,31 @@ fn show_events(path: &Path, json: bool) -> u8 {
         }
     }
     EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_volumes_deletes_only_disks_a_stack_made() {
+        let s = std::env::temp_dir().join(format!("herd-down-test-{}", std::process::id()));
+        for d in ["s/.herd/demo", "s/.herd/old", "other/.herd/demo"] {
+            std::fs::create_dir_all(s.join(d)).unwrap();
+        }
+        let work = s.join("s/.herd/demo");
+        assert!(made_by_a_stack(&work, &s.join("s/.herd/demo/web.img")));
+        // A stack since renamed left its disks beside.
+        assert!(made_by_a_stack(&work, &s.join("s/.herd/old/web.img")));
+        for bad in [
+            "s/.herd/demo/../../../other/.herd/demo/x.img",
+            "s/.herd/web.img",
+            "s/.herd/demo/web.conf",
+            "other/.herd/demo/web.img",
+        ] {
+            assert!(!made_by_a_stack(&work, &s.join(bad)), "{bad}");
+        }
+        assert!(!made_by_a_stack(&work, Path::new("/etc/passwd")));
+        std::fs::remove_dir_all(&s).unwrap();
+    }
 }

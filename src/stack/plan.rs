@@ -200,6 +200,19 @@ pub fn plan(
                 );
             }
         }
+        // The range `herd run --stop-timeout` takes: checked here so the
+        // error names the stack file's line instead of failing the launch.
+        let stop_timeout = match &s.stop_timeout {
+            Some(t) if !(0.0..=3600.0).contains(t.get_ref()) => {
+                return p.err(
+                    t.span(),
+                    "stop_timeout",
+                    format!("{} is out of range: use 0 to 3600 seconds", t.get_ref()),
+                );
+            }
+            Some(t) => *t.get_ref(),
+            None => DEFAULT_STOP_TIMEOUT,
+        };
         let state_image =
             p.state.appliances.get(group).filter(|a| {
                 a.file_image.as_deref() == s.image.as_ref().map(|i| i.get_ref().as_str())
@@ -370,7 +383,7 @@ pub fn plan(
                     .flatten()
                     .map(|d| d.get_ref().clone())
                     .collect(),
-                stop_timeout: s.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                stop_timeout,
                 level: levels[group],
             });
         }
@@ -481,6 +494,14 @@ mod tests {
             (
                 "[appliances.a]\nimage = \"b\"\ndisk = \"/etc/hostname\"\n[appliances.c]\nimage = \"b\"\ndisk = \"/etc/hostname\"\n",
                 "herd.toml:6: disk: two appliances on one disk",
+            ),
+            (
+                "[defaults]\nstop_timeout = -1.0\n[appliances.a]\nimage = \"b\"\n",
+                "herd.toml:2: stop_timeout: -1 is out of range",
+            ),
+            (
+                "[appliances.a]\nimage = \"b\"\nstop_timeout = nan\n",
+                "herd.toml:3: stop_timeout: NaN is out of range",
             ),
         ];
         let control = "[appliances.a]\nimage = \"b\"\nrun = \"tr -d '\\r'\"\n";

@@ -412,13 +412,8 @@ pub fn network_down(plan: &Plan) -> Vec<String> {
         return errors;
     };
     for tap in plan.instances.iter().filter_map(|i| i.tap.as_deref()) {
-        if std::path::Path::new("/sys/class/net").join(tap).exists() {
-            if let Err(e) = std::process::Command::new("ip")
-                .args(["link", "del", tap])
-                .output()
-            {
-                errors.push(format!("cannot remove TAP {tap}: {e}"));
-            }
+        if let Err(e) = net_setup::remove_tap(tap) {
+            errors.push(format!("cannot remove TAP {tap}: {e}"));
         }
     }
     if let Err(e) = net_setup::remove(&net.bridge) {

@@ -15,6 +15,11 @@ pub mod ports;
 pub mod seeds;
 pub mod virtio;
 
+/// Image definitions (compiled in from the herd binary) name lines with it.
+#[allow(dead_code)]
+#[path = "../../../src/toml_span.rs"]
+mod toml_span;
+
 /// A fuzz target: any bytes in, returns normally.
 pub type Target = fn(&[u8]);
 
