@@ -98,6 +98,18 @@ enum NetCommand {
     },
 }
 
+/// For the commands that report (`ps`, `image ls`, `logs`, `events` …):
+/// `herd ps | head -1` ends quietly, as Unix tools do, instead of panicking
+/// in println! on EPIPE (Rust ignores SIGPIPE). A VM (`run`) and a stack's
+/// `up` keep ignoring it: a closed console pipe must not kill a guest.
+fn die_on_closed_stdout() {
+    // SAFETY: restoring the default disposition of SIGPIPE affects only this
+    // process, before it starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let process_start = Instant::now();
     let matches = Cli::command().get_matches();
@@ -114,12 +126,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Appliance(cmd) => {
             log_limit::init(log::LevelFilter::Warn);
+            die_on_closed_stdout();
             ExitCode::from(appliance::run(cmd))
         }
         Command::Run(args) => ExitCode::from(run::command(args, &given, process_start)),
-        Command::Image(cmd) => ExitCode::from(image::run(cmd)),
+        Command::Image(cmd) => {
+            die_on_closed_stdout();
+            ExitCode::from(image::run(cmd))
+        }
         Command::Stack(cmd) => {
             log_limit::init(log::LevelFilter::Warn);
+            if matches!(cmd, stack::StackCommand::Events { .. }) {
+                die_on_closed_stdout();
+            }
             ExitCode::from(stack::run(cmd))
         }
         Command::EmulatedHost(args) => ExitCode::from(emulated_host::script(&args)),

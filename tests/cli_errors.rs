@@ -148,3 +148,45 @@ fn bad_console() {
         assert_clean_failure(&out, 2, &["/nonexistent/dir/console.log"]);
     }
 }
+
+/// `herd ps | head -1`: a reader that went away ends a listing quietly
+/// (SIGPIPE, as Unix tools), never a panic in println!.
+#[test]
+fn a_listing_into_a_closed_pipe_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["image", "ls"][..], &["ps", "--all"][..]] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here;
+        // the read end is closed at once so every write gets EPIPE.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        drop(reader);
+        let home = scratch("closed-pipe-home");
+        let out = Command::new(herd_bin())
+            .args(args)
+            .env("HERD_HOME", &home)
+            .env("HERD_RUNTIME", &home)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(writer)
+            .output()
+            .expect("spawn herd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "herd {args:?} panicked: {stderr}"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "herd {args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
