@@ -144,11 +144,14 @@ impl RuntimeDir {
             Err(e) => return Err(io_err(&path)(e)),
         }
         let lock_path = path.join(LOCK_FILE);
+        // No symlinks: a jail's unprivileged user owned this directory in
+        // an earlier run and may have planted one for root to follow.
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         if !lock_exclusive(&lock) {
@@ -215,7 +218,12 @@ impl RuntimeDir {
     /// Writes a file in the directory atomically (temp file + rename).
     pub fn write(&self, name: &str, contents: &[u8]) -> Result<(), RuntimeDirError> {
         let tmp = self.path.join(format!(".{name}.tmp"));
-        let result = File::create(&tmp)
+        // A fresh file, never one (or a symlink) that is already there.
+        let _ = std::fs::remove_file(&tmp);
+        let result = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
             .and_then(|mut f| f.write_all(contents))
             .and_then(|()| std::fs::rename(&tmp, self.path.join(name)));
         result.map_err(io_err(&tmp))

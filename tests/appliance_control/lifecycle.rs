@@ -323,3 +323,33 @@ fn sigterm_to_a_foreground_herd_is_a_graceful_stop() {
     assert!(err.contains("guest exit code 0"), "{err}");
     assert!(rt.console("fg").contains("probe: kbd ctrl-alt-del"));
 }
+
+/// The runtime directory's files are never reached through a symlink planted
+/// there (the jail's user owned the directory in an earlier run): the lock
+/// through a link is refused.
+#[test]
+fn symlinks_planted_in_a_runtime_dir_are_not_followed() {
+    if !kvm_present() {
+        return;
+    }
+    let rt = Runtime::new("planted");
+    let dir = rt.dir.join("planted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = rt.dir.join("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("lock")).unwrap();
+    let kernel = probe_path(PVH);
+    let out = rt.herd(&[
+        "run",
+        "--name",
+        "planted",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "probe.action=exit:0",
+    ]);
+    assert!(!out.status.success(), "{}", dump(&out));
+    assert!(
+        !victim.exists(),
+        "root created a file through the planted lock link"
+    );
+}
