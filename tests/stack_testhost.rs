@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use store::{example, herd, repo, store_files};
-use support::testhost::{Scenario, ScenarioResult, TestHost};
+use store::{example, herd, repo, with_store};
+use support::testhost::{shared, Scenario, ScenarioResult, TestHost};
 
 const SCRIPT: &str = r#"
 export HERD_HOME=/store
@@ -174,26 +174,22 @@ fn setup() -> Result<Suite, String> {
             sc = sc.file(&src, &rel.to_string_lossy());
         }
     }
-    for (name, version) in [
-        ("base", "1"),
-        ("redis", "1"),
-        ("redis", "2"),
-        ("redis", "3"),
-    ] {
-        for (src, dest) in store_files(name, version, "/store")? {
-            sc = sc.file(Path::new(&src), &dest);
-        }
-    }
+    let mut sc = with_store(
+        sc,
+        &[
+            ("base", "1"),
+            ("redis", "1"),
+            ("redis", "2"),
+            ("redis", "3"),
+        ],
+    )?;
     sc.mem_mib = 3072;
     Ok(Suite { result: sc.run() })
 }
 
 fn suite() -> &'static Suite {
     static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
-    match SUITE.get_or_init(setup) {
-        Ok(s) => s,
-        Err(e) => panic!("stack_testhost scenario could not start: {e}"),
-    }
+    shared(&SUITE, "stack_testhost", setup)
 }
 
 fn has(prefix: &str, want: &str) -> bool {

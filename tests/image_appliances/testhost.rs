@@ -12,13 +12,12 @@
 //! - the busybox base and the Debian-based redis image print the same
 //!   `herd-init:` markers, ending in `ready mode=overlay`.
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::store::{example, herd, store_files};
+use super::store::{example, herd, with_store};
 use crate::support::staging::{disk_create, write, TempDir};
-use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use crate::support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Served by the nginx appliance from its data disk.
 const NGINX_PAGE: &str = "herd nginx appliance page";
@@ -121,22 +120,22 @@ fn setup() -> Result<Suite, String> {
         disk_create(herd(), dir, "64M", &img)?;
         sc = sc.file(&img, &format!("{name}.img"));
     }
-    for name in ["redis", "base", "nginx", "postgresql"] {
-        let version = "1";
-        for (src, dest) in store_files(name, version, "/store")? {
-            sc = sc.file(Path::new(&src), &dest);
-        }
-    }
+    let mut sc = with_store(
+        sc,
+        &[
+            ("redis", "1"),
+            ("base", "1"),
+            ("nginx", "1"),
+            ("postgresql", "1"),
+        ],
+    )?;
     sc.mem_mib = 3072;
     Ok(Suite { result: sc.run() })
 }
 
 fn suite() -> &'static Suite {
     static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
-    match SUITE.get_or_init(setup) {
-        Ok(s) => s,
-        Err(e) => panic!("image_appliances scenario could not start: {e}"),
-    }
+    shared(&SUITE, "image_appliances", setup)
 }
 
 fn run(name: &str) -> GuestRun<'static> {

@@ -57,6 +57,19 @@ pub fn testhost_available() -> Result<(), String> {
     TestHost::get().map(|_| ())
 }
 
+/// The one scenario all tests of a suite read: `setup` runs on the first
+/// call, and if it fails, every test fails with the reason (never skips).
+pub fn shared<T: Send + Sync>(
+    cell: &'static OnceLock<Result<T, String>>,
+    suite: &str,
+    setup: fn() -> Result<T, String>,
+) -> &'static T {
+    match cell.get_or_init(setup) {
+        Ok(t) => t,
+        Err(e) => panic!("{suite} scenario could not start: {e}"),
+    }
+}
+
 impl TestHost {
     /// Builds the test host once per process (build.sh caches across runs).
     pub fn get() -> Result<&'static TestHost, String> {
@@ -144,6 +157,13 @@ impl Scenario {
         };
         self.files.push((src.to_path_buf(), dest));
         self
+    }
+
+    /// Adds host files, each with its `dest` as for [`Scenario::file`].
+    pub fn files(self, files: impl IntoIterator<Item = (PathBuf, String)>) -> Self {
+        files
+            .into_iter()
+            .fold(self, |sc, (src, dest)| sc.file(&src, &dest))
     }
 
     /// Limit for the script's run time (`herd emulated-host --timeout`).
