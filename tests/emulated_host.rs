@@ -25,15 +25,54 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn herd(args: &[&str]) -> Run {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let run = run_with_timeout(herd_command(args), TIMEOUT, &format!("herd {args:?}"));
+    eprintln!("herd {args:?}: {}", run.dump());
+    run
+}
+
+/// herd with `args`, no stdin, stdout and stderr piped.
+fn herd_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let run = run_with_timeout(cmd, TIMEOUT, &format!("herd {args:?}"));
-    eprintln!("herd {args:?}: {}", run.dump());
-    run
+    cmd
 }
+
+fn spawn_herd(args: &[&str]) -> ChildGuard {
+    ChildGuard(herd_command(args).spawn().expect("spawn herd"))
+}
+
+/// The guest kernel and the base initrd (busybox init), built if needed.
+fn kernel_and_initrd() -> (PathBuf, PathBuf) {
+    (
+        image_dir("kernel").join("vmlinux"),
+        image_dir("base").join("initrd.cpio.gz"),
+    )
+}
+
+/// `--file=` arguments that put the guest kernel and initrd at
+/// /emu/vmlinux and /emu/initrd.cpio.gz in the test host.
+fn kernel_and_initrd_files() -> [String; 2] {
+    let (kernel, initrd) = kernel_and_initrd();
+    [
+        format!("--file={}", path(&kernel)),
+        format!("--file={}", path(&initrd)),
+    ]
+}
+
+/// Shell: `until_running LOG` waits (2 min at most) until the herd guest
+/// logging to LOG has reached its `herd.run` command.
+const UNTIL_RUNNING: &str = r#"until_running() {
+	i=0
+	until grep -q "herd-init: running herd.run" "$1"; do
+		i=$((i + 1))
+		[ $i -lt 600 ] || break
+		sleep 0.2
+	done
+}
+"#;
 
 /// The cache dir of guest-images/NAME, built if needed.
 fn image_dir(name: &str) -> PathBuf {
@@ -54,8 +93,7 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn guest_output_and_exit_status_come_back() {
-    let kernel = image_dir("kernel").join("vmlinux");
-    let initrd = image_dir("base").join("initrd.cpio.gz");
+    let (kernel, initrd) = kernel_and_initrd();
     let dir = scratch("exit");
     let report = dir.join("report.json");
     let out = herd(&[
@@ -239,15 +277,7 @@ fn alive(pid: u32) -> bool {
 
 fn herd_live(args: &[&str]) -> LiveRun {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_herd"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herd"),
-    );
+    let mut child = spawn_herd(args);
     let pid = child.0.id();
     let stdout = child.0.stdout.take().expect("stdout");
     let lines = std::thread::spawn(move || {
@@ -298,31 +328,24 @@ fn herd_live(args: &[&str]) -> LiveRun {
 /// directory, says so), and neither QEMU nor herd left running.
 #[test]
 fn a_script_exit_stops_what_it_left_running() {
-    let kernel = image_dir("kernel").join("vmlinux");
-    let initrd = image_dir("base").join("initrd.cpio.gz");
     let dir = scratch("leftover");
     let out = dir.join("out");
     let script = dir.join("script.sh");
     fs::write(
         &script,
-        r#"herd run --kernel /emu/vmlinux --initrd /emu/initrd.cpio.gz --mem 128 \
+        UNTIL_RUNNING.to_owned()
+            + r#"herd run --kernel /emu/vmlinux --initrd /emu/initrd.cpio.gz --mem 128 \
 	--cmdline 'quiet herd.run="sleep 600"' </dev/null >"$HERD_OUTPUT_DIR/vm.log" 2>&1 &
 echo $! >"$HERD_OUTPUT_DIR/vm.pid"
 sleep 600 &
-i=0
-until grep -q "herd-init: running herd.run" "$HERD_OUTPUT_DIR/vm.log"; do
-	i=$((i + 1))
-	[ $i -lt 600 ] || break
-	sleep 0.2
-done
+until_running "$HERD_OUTPUT_DIR/vm.log"
 echo "guest up: $(grep -c 'herd-init: running herd.run' "$HERD_OUTPUT_DIR/vm.log")"
 echo "script exits now"
 exit 3
 "#,
     )
     .expect("script");
-    let k = format!("--file={}", path(&kernel));
-    let i = format!("--file={}", path(&initrd));
+    let [k, i] = kernel_and_initrd_files();
     let live = herd_live(&[
         "emulated-host",
         &k,
@@ -400,15 +423,7 @@ fn sigterm_stops_the_script() {
     let script = dir.join("script.sh");
     fs::write(&script, "echo sleeping\nsleep 600\n").expect("script");
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_herd"))
-            .args(["emulated-host", "--", path(&script)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herd"),
-    );
+    let mut child = spawn_herd(&["emulated-host", "--", path(&script)]);
     let (started, out) = watch_lines(child.0.stdout.take().expect("stdout"), |l| l == "sleeping");
     let err = drain(child.0.stderr.take().expect("stderr"));
     started
@@ -460,29 +475,22 @@ fn file_destinations_cannot_escape() {
 /// the cap lowered to 1: a second VM while the first runs is refused.
 #[test]
 fn vms_beyond_the_test_hosts_capacity_are_refused() {
-    let kernel = image_dir("kernel").join("vmlinux");
-    let initrd = image_dir("base").join("initrd.cpio.gz");
     let dir = scratch("cap");
     let script = dir.join("script.sh");
     fs::write(
         &script,
-        r#"echo "cap=$HERD_MAX_VMS"
+        UNTIL_RUNNING.to_owned()
+            + r#"echo "cap=$HERD_MAX_VMS"
 export HERD_MAX_VMS=1
 vm() { herd run --kernel /emu/vmlinux --initrd /emu/initrd.cpio.gz --mem 128 --cmdline "quiet herd.run=\"$1\"" </dev/null; }
 vm "sleep 600" >/tmp/first.log 2>&1 &
-i=0
-until grep -q "herd-init: running herd.run" /tmp/first.log; do
-	i=$((i + 1))
-	[ $i -lt 600 ] || break
-	sleep 0.2
-done
+until_running /tmp/first.log
 vm "exit 0" 2>&1
 echo "second exit=$?"
 "#,
     )
     .expect("script");
-    let k = format!("--file={}", path(&kernel));
-    let i = format!("--file={}", path(&initrd));
+    let [k, i] = kernel_and_initrd_files();
     let out = herd(&["emulated-host", &k, &i, "--", path(&script)]);
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     assert!(out.has_line("cap=10"), "{}", out.dump());

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::host::{host_sample, proc_sample, ProcSample};
+use crate::staging::check;
 use crate::{env_num, leftovers, Run};
 
 /// Samples over the run, besides the first (at start) and the last.
@@ -64,17 +65,7 @@ pub fn run(run: &Run, out: &mut Vec<String>) -> Result<(), String> {
                 None => nice.env_remove(k),
             };
         }
-        let out = nice
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("spawn herd: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "herd run --detach {name}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        check(nice.stdin(std::process::Stdio::null()))?;
     }
     let start_s = started.elapsed().as_secs_f64();
     let pids: Vec<u32> = names

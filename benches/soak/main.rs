@@ -20,6 +20,8 @@
 mod probes;
 #[path = "../results.rs"]
 mod results;
+#[path = "../../tests/support/staging.rs"]
+mod staging;
 
 mod fleet;
 mod host;
@@ -29,6 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use host::{host_sample, kept, HostSample, Kept, Scope};
+use staging::check;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -145,17 +148,7 @@ fn cycles(run: &Run, out: &mut Vec<String>) -> Result<(), String> {
                         let mut times = Vec::new();
                         for _ in 0..count {
                             let t = Instant::now();
-                            let out = run
-                                .herd_run(&name, "exit:0", &["--console", "none"])
-                                .output()
-                                .map_err(|e| format!("spawn herd: {e}"))?;
-                            if !out.status.success() {
-                                return Err(format!(
-                                    "herd run {name}: {}: {}",
-                                    out.status,
-                                    String::from_utf8_lossy(&out.stderr)
-                                ));
-                            }
+                            check(&mut run.herd_run(&name, "exit:0", &["--console", "none"]))?;
                             times.push(t.elapsed().as_secs_f64() * 1e3);
                         }
                         Ok(times)
