@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use store::{example, herd, repo, with_store};
+use store::{example, herd, repo, store_images};
 use support::testhost::{shared, Scenario, ScenarioResult, TestHost};
 
 const SCRIPT: &str = r#"
@@ -174,15 +174,12 @@ fn setup() -> Result<Suite, String> {
             sc = sc.file(&src, &rel.to_string_lossy());
         }
     }
-    let mut sc = with_store(
-        sc,
-        &[
-            ("base", "1"),
-            ("redis", "1"),
-            ("redis", "2"),
-            ("redis", "3"),
-        ],
-    )?;
+    let mut sc = sc.files(store_images(&[
+        ("base", "1"),
+        ("redis", "1"),
+        ("redis", "2"),
+        ("redis", "3"),
+    ])?);
     sc.mem_mib = 3072;
     Ok(Suite { result: sc.run() })
 }

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use crate::support::testhost::Scenario;
-
 pub fn herd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_herd"))
 }
@@ -72,12 +70,14 @@ pub fn example(name: &str) -> Result<String, String> {
     build(&repo().join(format!("guest-images/images/{name}.toml")))
 }
 
-/// `sc` with the store's images `(NAME, VERSION)` and their kernels under
-/// `/store` (HERD_HOME in the test host).
-pub fn with_store(sc: Scenario, images: &[(&str, &str)]) -> Result<Scenario, String> {
-    images.iter().try_fold(sc, |sc, (name, version)| {
-        Ok(sc.files(store_files(name, version, "/store")?))
-    })
+/// [`store_files`] of each store image `(NAME, VERSION)`, under `/store`
+/// (HERD_HOME in the test host).
+pub fn store_images(images: &[(&str, &str)]) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut files = Vec::new();
+    for (name, version) in images {
+        files.extend(store_files(name, version, "/store")?);
+    }
+    Ok(files)
 }
 
 /// (host path, path in the test host) for the store's image NAME/VERSION,

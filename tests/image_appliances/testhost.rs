@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::store::{example, herd, with_store};
+use super::store::{example, herd, store_images};
 use crate::support::staging::{disk_create, write, TempDir};
 use crate::support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
@@ -120,15 +120,12 @@ fn setup() -> Result<Suite, String> {
         disk_create(herd(), dir, "64M", &img)?;
         sc = sc.file(&img, &format!("{name}.img"));
     }
-    let mut sc = with_store(
-        sc,
-        &[
-            ("redis", "1"),
-            ("base", "1"),
-            ("nginx", "1"),
-            ("postgresql", "1"),
-        ],
-    )?;
+    let mut sc = sc.files(store_images(&[
+        ("redis", "1"),
+        ("base", "1"),
+        ("nginx", "1"),
+        ("postgresql", "1"),
+    ])?);
     sc.mem_mib = 3072;
     Ok(Suite { result: sc.run() })
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::store::{build, herd, repo, with_store};
+use super::store::{build, herd, repo, store_images};
 use crate::support::staging::{disk_create, write, TempDir};
 use crate::support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
@@ -93,7 +93,7 @@ fn setup() -> Result<ScenarioResult, String> {
         .herd(herd())
         .file(&img, "up.img")
         .timeout(Duration::from_secs(900));
-    Ok(with_store(sc, &[("up", "1"), ("up", "2")])?.run())
+    Ok(sc.files(store_images(&[("up", "1"), ("up", "2")])?).run())
 }
 
 fn step(n: u32) -> GuestRun<'static> {
