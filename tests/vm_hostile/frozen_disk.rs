@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::support::herd_run::skip_notice;
+use super::support::staging::check;
 
 /// A small ext4 filesystem on a loop device, mounted and frozen; thawed,
 /// unmounted and detached when dropped.
@@ -18,23 +19,19 @@ pub struct FrozenFs {
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    check(Command::new(cmd).args(args)).map(|out| out.trim().to_owned())
 }
 
 impl FrozenFs {
-    /// None (after a loud SKIP line) where loop devices cannot be used.
+    /// None (after a loud SKIP line) when not root: loop devices and mounts
+    /// need it. As root, a filesystem that cannot be made fails the test
+    /// rather than skipping it.
     pub fn new(tag: &str) -> Option<FrozenFs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            skip_notice("loop devices and mounts need root", tag);
+            return None;
+        }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("vm_hostile-{}-{tag}", std::process::id()));
         let mnt = dir.join("mnt");
@@ -47,8 +44,7 @@ impl FrozenFs {
             frozen: false,
         };
         if let Err(e) = fs.set_up() {
-            skip_notice(&format!("cannot make a frozen filesystem ({e})"), tag);
-            return None;
+            panic!("{tag}: cannot make a frozen filesystem as root: {e}");
         }
         Some(fs)
     }
