@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{guest_sizes_kib, herd_command, runs, smaps, stop, wait_spinning, Row};
+use super::{
+    guest_sizes_kib, herd_command, runs, smaps, spinning_memory, stop, wait_spinning, Row,
+};
 
 const REQUESTS_PER_BATCH: usize = 100;
 
@@ -47,12 +49,7 @@ pub fn control_api(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
         "KiB",
     );
     for _ in 0..runs() {
-        let mut plain = herd_command(kernel, "spin", None)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        wait_spinning(&mut plain)?;
-        let base = smaps::read(plain.id(), &guest_sizes_kib());
-        stop(&mut plain);
+        let base = spinning_memory(herd_command(kernel, "spin", None), &guest_sizes_kib())?;
 
         let mut cmd = herd_command(kernel, "spin", None);
         cmd.args(["--name", "bench-api"])
@@ -72,7 +69,7 @@ pub fn control_api(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
         trip.samples.extend(batch);
         added
             .samples
-            .push(with_api?.vmm_private_dirty_kib as f64 - base?.vmm_private_dirty_kib as f64);
+            .push(with_api?.vmm_private_dirty_kib as f64 - base.vmm_private_dirty_kib as f64);
     }
     let _ = std::fs::remove_dir_all(&runtime);
     rows.extend([trip, p99, added]);

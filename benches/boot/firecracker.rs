@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{images, probes, runs, smaps, testhost, Row, MEM_MIB};
+use super::{images, probes, runs, testhost, Row, MEM_MIB};
 
 pub const ENV: &str = "HERD_BENCH_FIRECRACKER";
 
@@ -151,11 +151,7 @@ pub fn probe_rows(fc: &Path, kernel: &Path, rows: &mut Vec<Row>) -> Result<(), S
             ),
             (fc_command(fc, &spin), &mut fc_pss, &mut fc_vmm),
         ] {
-            let mut child = { cmd }.spawn().map_err(|e| e.to_string())?;
-            super::wait_spinning(&mut child)?;
-            let use_ = smaps::read(child.id(), &[MEM_MIB << 10]);
-            super::stop(&mut child);
-            let use_ = use_?;
+            let use_ = super::spinning_memory(cmd, &[MEM_MIB << 10])?;
             total.samples.push(use_.total_pss_kib as f64);
             vmm.samples.push(use_.vmm_pss_kib as f64);
         }

@@ -136,6 +136,15 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The memory of the VMM that `cmd` starts, read once its probe spins
+/// (`guest_sizes_kib`: its guest RAM regions); the VMM is stopped after.
+fn spinning_memory(mut cmd: Command, guest_sizes_kib: &[u64]) -> Result<smaps::MemoryUse, String> {
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let use_ = wait_spinning(&mut child).and_then(|()| smaps::read(child.id(), guest_sizes_kib));
+    stop(&mut child);
+    use_
+}
+
 fn boot_path(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
     let report = std::env::temp_dir().join(format!("herd-bench-{}.json", std::process::id()));
     let mut first = Row::new("herd: spawn -> first serial byte", "ms");
@@ -211,13 +220,7 @@ fn vmm_memory(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
     let mut shared = Row::new("VMM shared memory (system libraries)", "KiB");
     let mut pss = Row::new("VMM PSS minus guest RAM", "KiB");
     for _ in 0..runs() {
-        let mut child = herd_command(kernel, "spin", None)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        wait_spinning(&mut child)?;
-        let use_ = smaps::read(child.id(), &guest_sizes_kib());
-        stop(&mut child);
-        let use_ = use_?;
+        let use_ = spinning_memory(herd_command(kernel, "spin", None), &guest_sizes_kib())?;
         private.samples.push(use_.vmm_private_dirty_kib as f64);
         clean.samples.push(use_.vmm_private_clean_kib as f64);
         shared.samples.push(use_.vmm_shared_kib as f64);
