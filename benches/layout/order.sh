@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Writes src/link-order.txt: the functions a VM's herd process runs, which
+# src/build.rs has the linker put side by side (see its comment). Run it
+# after large changes to the VM path; the boot bench's memory rows show the
+# effect. Needs gdb, and /dev/kvm for the probe guests.
+#
+# Every function of a release build gets a one-shot gdb breakpoint; the probe
+# guests then take the paths a VM's process takes: boot and reset, SIGTERM on
+# a running guest, two vCPUs and a boot report, console to a file, disks,
+# and the jail's supervisor.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+command -v gdb >/dev/null || { echo "order.sh: needs gdb (apt-get install gdb)" >&2; exit 2; }
+cargo build --release -q --bin herd
+herd=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/herd
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+make -s -C guest-images/probes OUT="$scratch/probes"
+p=$scratch/probes
+raw=$scratch/ran.txt
+run() { python3 benches/layout/functions_run.py "$herd" "$raw" -- run --log-level error --mem 64 "$@"; }
+stdio() { run --console stdio "$@"; }
+stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
+TERM_AFTER=3 stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=spin"
+stdio --no-jail --kernel "$p/probe-pvh.elf" --cmdline "probe.action=exit:0" --cpus 2 --boot-report "$scratch/report.json"
+run --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.action=exit:3" --console "file:$scratch/console.log"
+truncate -s 64K "$scratch/root.img" "$scratch/data.img"
+stdio --no-jail --kernel "$p/probe-linux64.elf" --root "$scratch/root.img" --disk "$scratch/data.img" --cmdline "probe.action=blk"
+if [ "$(id -u)" = 0 ]; then
+  stdio --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
+fi
+awk '!seen[$0]++' "$raw" > src/link-order.txt
+echo "order.sh: $(wc -l < src/link-order.txt) functions in src/link-order.txt"
