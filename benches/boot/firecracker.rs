@@ -7,6 +7,10 @@
 //!   spawn -> first serial byte, spawn -> exit, PSS while it spins;
 //! - the emulated test host, herd's vmlinux + the busybox base initrd:
 //!   spawn -> exit, and KVM's exit counts per run (the kvm_exit tracepoint).
+//!
+//! Like with like: Firecracker runs without its jailer and without an
+//! entropy device, so herd runs with `--no-jail --no-rng` (its seccomp
+//! filters stay on). herd's defaults in the test host get their own row.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -221,9 +225,11 @@ fc_guest() {{
 }}
 for i in $(seq 1 {boots}); do
 	kvm_on
-	run_guest herd$i run --mem {MEM_MIB} --kernel /guest/vmlinux --initrd /guest/initrd.cpio.gz \
-		--boot-report $HERD_OUTPUT_DIR/herd$i.json --cmdline '{user_args}'
+	run_guest herd$i run --no-jail --no-rng --mem {MEM_MIB} --kernel /guest/vmlinux \
+		--initrd /guest/initrd.cpio.gz --boot-report $HERD_OUTPUT_DIR/herd$i.json --cmdline '{user_args}'
 	kvm_off herd$i
+	run_guest default$i run --mem {MEM_MIB} --kernel /guest/vmlinux --initrd /guest/initrd.cpio.gz \
+		--cmdline '{user_args}'
 	kvm_on
 	fc_guest fc$i
 	kvm_off fc$i
@@ -239,6 +245,10 @@ done
         .run();
     let mut herd_exit = Row::new("Linux in the test host, herd: spawn -> exit", "ms");
     let mut fc_exit = Row::new("Linux in the test host, Firecracker: spawn -> exit", "ms");
+    let mut default_exit = Row::new(
+        "Linux in the test host, herd with its defaults (jail, virtio-rng): spawn -> exit",
+        "ms",
+    );
     let mut herd_kvm = Row::new(
         "Linux in the test host, herd: KVM exits over the run",
         "exits",
@@ -274,6 +284,12 @@ done
                 kvm.samples.push(n);
             }
         }
+        match result.run(&format!("default{i}")) {
+            Some(run) if run.exit_code == Some(0) => {
+                default_exit.samples.extend(run.secs.map(|s| s * 1e3));
+            }
+            _ => *failed.entry("default".to_owned()).or_default() += 1,
+        }
         let report = result
             .output_file(&format!("herd{i}.json"))
             .unwrap_or_default();
@@ -288,7 +304,7 @@ done
         &herd_exit,
         &fc_exit,
     ));
-    rows.extend([herd_exit, fc_exit, herd_kvm, fc_kvm, to_init]);
+    rows.extend([herd_exit, fc_exit, default_exit, herd_kvm, fc_kvm, to_init]);
     for (vmm, count) in failed {
         let mut row = Row::new(
             format!("Linux in the test host, {vmm}: failed runs of {boots}"),
