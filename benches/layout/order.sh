@@ -7,13 +7,15 @@
 # Every function of a release build gets a one-shot gdb breakpoint; the probe
 # guests then take the paths a VM's process takes: boot and reset, SIGTERM on
 # a running guest, two vCPUs and a boot report, console to a file, disks,
-# and the jail's supervisor.
+# and the jail's supervisor. Twice: `cargo build --release` and `cargo bench`
+# build herd with different symbol names (the bench profile unwinds on panic,
+# which changes every crate's hash), and the list holds both.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 command -v gdb >/dev/null || { echo "order.sh: needs gdb (apt-get install gdb)" >&2; exit 2; }
-cargo build --release -q --bin herd
-herd=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/herd
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+herd=$target/release/herd
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 make -s -C guest-images/probes OUT="$scratch/probes"
@@ -21,14 +23,21 @@ p=$scratch/probes
 raw=$scratch/ran.txt
 run() { python3 benches/layout/functions_run.py "$herd" "$raw" -- run --log-level error --mem 64 "$@"; }
 stdio() { run --console stdio "$@"; }
-stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
-TERM_AFTER=3 stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=spin"
-stdio --no-jail --kernel "$p/probe-pvh.elf" --cmdline "probe.action=exit:0" --cpus 2 --boot-report "$scratch/report.json"
-run --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.action=exit:3" --console "file:$scratch/console.log"
-truncate -s 64K "$scratch/root.img" "$scratch/data.img"
-stdio --no-jail --kernel "$p/probe-linux64.elf" --root "$scratch/root.img" --disk "$scratch/data.img" --cmdline "probe.action=blk"
-if [ "$(id -u)" = 0 ]; then
-  stdio --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
-fi
+scenarios() {
+  stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
+  TERM_AFTER=3 stdio --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=spin"
+  stdio --no-jail --kernel "$p/probe-pvh.elf" --cmdline "probe.action=exit:0" --cpus 2 --boot-report "$scratch/report.json"
+  run --no-jail --kernel "$p/probe-linux64.elf" --cmdline "probe.action=exit:3" --console "file:$scratch/console.log"
+  truncate -s 64K "$scratch/root.img" "$scratch/data.img"
+  stdio --no-jail --kernel "$p/probe-linux64.elf" --root "$scratch/root.img" --disk "$scratch/data.img" --cmdline "probe.action=blk"
+  if [ "$(id -u)" = 0 ]; then
+    stdio --kernel "$p/probe-linux64.elf" --cmdline "probe.quick=1 probe.action=reset"
+  fi
+}
+# The bench profile's herd first, then the release one (left in place).
+cargo bench -q --no-run --bench boot 2>/dev/null
+scenarios
+cargo build --release -q --bin herd
+scenarios
 awk '!seen[$0]++' "$raw" > src/link-order.txt
 echo "order.sh: $(wc -l < src/link-order.txt) functions in src/link-order.txt"
