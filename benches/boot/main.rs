@@ -226,8 +226,34 @@ fn vmm_memory(kernel: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
         shared.samples.push(use_.vmm_shared_kib as f64);
         pss.samples.push(use_.vmm_pss_kib as f64);
     }
-    rows.extend([private, clean, shared, pss]);
+    rows.extend([private, clean, shared, pss, link_order()]);
     Ok(())
+}
+
+/// How much of src/link-order.txt this herd binary has: a list gone stale
+/// (renamed functions, other dependencies) shows here before it shows in
+/// the memory rows. benches/layout/order.sh rewrites it.
+fn link_order() -> Row {
+    let name = "functions of src/link-order.txt found in this herd (~540 when current)";
+    let list = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/link-order.txt"));
+    let symbols = Command::new("nm").arg(probes::herd_bin()).output();
+    match (list, symbols) {
+        (Ok(list), Ok(out)) if out.status.success() => {
+            let symbols = String::from_utf8_lossy(&out.stdout);
+            let present: std::collections::HashSet<&str> = symbols
+                .lines()
+                .filter_map(|l| l.split(' ').nth(2))
+                .collect();
+            let mut row = Row::new(name, "%");
+            let found = list.lines().filter(|n| present.contains(n)).count();
+            // The list holds both the release and the bench build's names
+            // (order.sh): each build has about half of them.
+            row.samples
+                .push(100.0 * found as f64 / (list.lines().count() as f64 / 2.0).max(1.0));
+            row
+        }
+        _ => Row::note(name, "not measured (no list or no nm)".into()),
+    }
 }
 
 fn many_at_once(kernel: &Path, count: usize, rows: &mut Vec<Row>) -> Result<(), String> {
