@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::console::{self, Console, Output};
 use super::initramfs::Staging;
+use super::monitor;
 use super::output;
 use super::scenario::OUTPUT_SERIAL;
 
@@ -130,11 +131,12 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
     };
     let sock = work.0.join("stdout.sock");
     let ctl_sock = work.0.join("control.sock");
+    let monitor_sock = work.0.join("monitor.sock");
     let mem = job.mem_mib + 2 * overlay_bytes.div_ceil(1 << 20);
     let args = qemu_args(
         host,
         &initrd,
-        [&sock, &ctl_sock],
+        [&sock, &ctl_sock, &monitor_sock],
         &job,
         out_drive.as_deref(),
         mem,
@@ -190,14 +192,20 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
         if stop.poll() {
             if signals::count() > 1 {
                 log::error!("a second signal: killing the emulated test host at once");
-            } else if stop.started.is_none() {
-                log::error!(
-                    "the emulated test host never started the script (hung while booting?): killing it"
-                );
             } else {
-                log::error!(
-                    "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
-                );
+                if stop.started.is_none() {
+                    log::error!(
+                        "the emulated test host never started the script (hung while booting?): killing it"
+                    );
+                } else {
+                    log::error!(
+                        "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
+                    );
+                }
+                match monitor::vcpu_summary(&monitor_sock) {
+                    Some(state) => log::error!("the test host's vCPUs (QEMU monitor):\n{state}"),
+                    None => log::error!("the test host's QEMU monitor did not answer"),
+                }
             }
             let _ = child.kill();
         }
@@ -354,7 +362,7 @@ fn qemu_command() -> Command {
 
 /// QEMU's `-drive` option values separate with commas; a comma in a path
 /// is written twice.
-fn qemu_escape(path: &Path) -> String {
+pub(super) fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
@@ -378,7 +386,7 @@ const KVM_AMD_PARAMS: &str = "kvm_amd.npt=0";
 fn qemu_args(
     host: &Path,
     initrd: &Path,
-    [sock, ctl_sock]: [&Path; 2],
+    [sock, ctl_sock, monitor_sock]: [&Path; 3],
     job: &Job,
     out_drive: Option<&Path>,
     mem_mib: u64,
@@ -407,6 +415,7 @@ fn qemu_args(
         ),
     );
     push("-serial", "chardev:herdctl".into());
+    push("-monitor", monitor::qemu_arg(monitor_sock));
     let mut drives: Vec<(&Path, bool, String)> = job
         .drives
         .iter()

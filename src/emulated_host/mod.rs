@@ -14,6 +14,7 @@
 mod console;
 mod initramfs;
 mod machine;
+mod monitor;
 mod output;
 mod scenario;
 mod testhost_dir;
