@@ -623,7 +623,8 @@ static void __attribute__((noreturn)) run_action(void)
 void __attribute__((noreturn)) probe_main(int entry, u64 info)
 {
 	const char *name = entry == PROBE_ENTRY_PVH ? "pvh" : "linux64";
-	puts("probe: hello from ");
+	/* The entry stub wrote PROBE_FIRST_BYTE, the 'p' of "probe". */
+	puts("robe: hello from ");
 	puts(name);
 	puts("\n");
 	outb(PORT_BOOTTIME, BOOTTIME_MAGIC);

@@ -14,6 +14,12 @@
 linux64_start:
     cli
     cld
+    /* The first byte of "probe: hello", before the .bss clear: emulated
+     * guest code is ~100x slow on some hosts and the clear would then be
+     * most of a benchmark's spawn -> first byte, the same under any VMM. */
+    mov     $PROBE_COM1, %dx
+    mov     $PROBE_FIRST_BYTE, %al
+    outb    %al, %dx
     mov     %rsi, %r12              /* boot_params, kept across the .bss clear */
     mov     $__bss_start, %edi
     mov     $__bss_end, %ecx

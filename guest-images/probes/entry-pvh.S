@@ -38,6 +38,10 @@
     .globl pvh_start
 pvh_start:
     cli
+    /* The first byte of "probe: hello" (entry-linux64.S says why). */
+    mov     $PROBE_COM1, %dx
+    mov     $PROBE_FIRST_BYTE, %al
+    outb    %al, %dx
     cld
     mov     %ebx, %ebp              /* hvm_start_info, survives rep stos */
 

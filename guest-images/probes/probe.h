@@ -5,6 +5,10 @@
 #define PROBE_ENTRY_LINUX64 0
 #define PROBE_ENTRY_PVH     1
 #define PROBE_STACK_SIZE    16384
+/* COM1's data port, and the first byte of "probe: hello", which the entry
+ * stubs write before anything else (see probe_main). */
+#define PROBE_COM1          0x3f8
+#define PROBE_FIRST_BYTE    'p'
 
 #ifndef __ASSEMBLER__
 typedef unsigned char u8;
