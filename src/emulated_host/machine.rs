@@ -180,6 +180,7 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
         .take()
         .map(|out| std::thread::spawn(move || console::read_console(out, &ready_tx)));
     let mut stop = Stopper::new(job.timeout, ctl_sock);
+    let mut killed = false;
     let qemu_status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -189,7 +190,9 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
         if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
             stop.started = Some(Instant::now());
         }
-        if stop.poll() {
+        // Killed once: QEMU may take a moment to be reaped.
+        if !killed && stop.poll() {
+            killed = true;
             if signals::count() > 1 {
                 log::error!("a second signal: killing the emulated test host at once");
             } else {
