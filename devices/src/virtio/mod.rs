@@ -19,9 +19,11 @@ pub use interrupt::VirtioInterrupt;
 pub use mmio::{MmioTransport, MMIO_DEVICE_SIZE, QUEUE_NOTIFY_OFFSET};
 
 /// Adds `n` to a device counter (net, block); counters are statistics
-/// read by the control API, so relaxed is enough.
+/// read by the control API, so relaxed is enough, and they wrap.
 pub(crate) fn count(counter: &AtomicU64, n: impl TryInto<u64>) {
-    counter.fetch_add(n.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    // Only a negative amount fails to convert: it counts nothing (adding
+    // u64::MAX would take one off).
+    counter.fetch_add(n.try_into().unwrap_or(0), Ordering::Relaxed);
 }
 
 pub const TYPE_NET: u32 = 1;

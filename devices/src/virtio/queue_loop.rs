@@ -7,6 +7,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// How a turn of the loop ended.
+#[derive(Debug)]
 pub enum QueueOutcome {
     /// The ring is empty and notifications are back on.
     Done,
@@ -16,9 +17,15 @@ pub enum QueueOutcome {
     Broken(String),
 }
 
-/// Serves chains until the ring is empty or `budget` says stop. `serve`
-/// returns how many bytes it wrote into the chain (the used length), or
-/// why the chain is malformed. Also returns how many chains were used.
+/// Serves chains until the ring is empty, `budget` says stop, or one ring's
+/// worth of chains was served. `serve` returns how many bytes it wrote into
+/// the chain (the used length), or why the chain is malformed. Also returns
+/// how many chains were used.
+///
+/// The ring-size cap holds whatever `budget` counts: a driver can make an
+/// empty buffer available again while the device drains, at no cost to a
+/// byte budget, and the event loop (which stops the VM) must get its
+/// thread back.
 pub fn serve_chains<'m, F>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
@@ -29,6 +36,7 @@ where
     F: FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Result<u32, String>,
 {
     let mut served = 0;
+    let per_turn = usize::from(queue.size()).max(1);
     loop {
         if let Err(e) = queue.disable_notification(mem) {
             return (QueueOutcome::Broken(format!("used ring: {e}")), served);
@@ -53,7 +61,7 @@ where
                 return (QueueOutcome::Broken(format!("used ring: {e}")), served);
             }
             served += 1;
-            if !budget(used) {
+            if !budget(used) || served >= per_turn {
                 return (QueueOutcome::Yield, served);
             }
         }
@@ -62,5 +70,48 @@ where
             Ok(false) => return (QueueOutcome::Done, served),
             Err(e) => return (QueueOutcome::Broken(format!("available ring: {e}")), served),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use virtio_queue::desc::split::Descriptor;
+
+    use super::*;
+    use crate::virtio::block::test_utils::{guest_memory, test_queue, Driver, SCRATCH};
+
+    /// VRING_DESC_F_WRITE: a buffer the device writes.
+    const WRITE: u16 = 2;
+
+    #[test]
+    fn a_driver_refilling_the_ring_cannot_hold_the_device() {
+        let mem = guest_memory();
+        let mut queue = test_queue(256);
+        let driver = RefCell::new(Driver::new(&mem));
+        driver
+            .borrow()
+            .write_desc(0, Descriptor::new(SCRATCH, 0, WRITE, 0));
+        driver.borrow_mut().publish(0);
+        let mut chains = 0;
+        // An empty buffer costs a byte budget nothing, and a vCPU can make
+        // it available again while the device drains: the loop must still
+        // hand the thread back.
+        let (outcome, served) = serve_chains(
+            &mut queue,
+            &mem,
+            |_| true,
+            |_chain| {
+                chains += 1;
+                if chains > 10 * 256 {
+                    return Err("the loop never yielded".into());
+                }
+                driver.borrow_mut().publish(0);
+                Ok(0)
+            },
+        );
+        assert!(matches!(outcome, QueueOutcome::Yield), "{outcome:?}");
+        assert_eq!(served, 256);
     }
 }

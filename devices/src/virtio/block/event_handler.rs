@@ -10,13 +10,8 @@ use vm_memory::Bytes;
 
 use super::device::{ActiveState, Backend, Block};
 use super::request::Request;
-use super::QUEUE_SIZE;
 use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::queue_loop::{serve_chains, QueueOutcome};
-
-/// Chains served per wake-up before yielding to the other devices; the rest
-/// wait for the next turn of the event loop.
-const CHAINS_PER_RUN: u16 = QUEUE_SIZE;
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
@@ -85,24 +80,24 @@ impl Block {
     }
 }
 
-/// Serves chains through the shared queue loop, at most CHAINS_PER_RUN
-/// per wake-up.
+/// Serves chains through the shared queue loop (at most a ring's worth
+/// per wake-up).
 fn serve(active: &mut ActiveState, backend: &mut Backend) -> (QueueOutcome, usize) {
     let ActiveState { mem, queue, .. } = active;
     let mem = &*mem;
-    let mut left = CHAINS_PER_RUN;
-    let budget = |_| {
-        left -= 1;
-        left > 0
-    };
-    serve_chains(queue, mem, budget, |chain| {
-        let req = Request::parse(mem, chain).map_err(|e| e.to_string())?;
-        let (status, written) = backend.execute(mem, &req);
-        mem.write_obj(status, req.status_addr)
-            .map_err(|e| format!("status byte: {e}"))?;
-        // Parsing capped the chain at 4 GiB, so + 1 fits.
-        Ok(written.saturating_add(1))
-    })
+    serve_chains(
+        queue,
+        mem,
+        |_| true,
+        |chain| {
+            let req = Request::parse(mem, chain).map_err(|e| e.to_string())?;
+            let (status, written) = backend.execute(mem, &req);
+            mem.write_obj(status, req.status_addr)
+                .map_err(|e| format!("status byte: {e}"))?;
+            // Parsing capped the chain at 4 GiB, so + 1 fits.
+            Ok(written.saturating_add(1))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -127,16 +127,16 @@ fn notify(active: &mut ActiveState, queue: usize) {
 
 fn serve_tx(active: &mut ActiveState, muxer: &mut Muxer) -> (QueueOutcome, usize) {
     let ActiveState { mem, queues, .. } = active;
-    let mut left = CHAINS_PER_RUN;
-    let budget = |_| {
-        left -= 1;
-        left > 0
-    };
-    serve_chains(&mut queues[TX_QUEUE], mem, budget, |mut chain| {
-        let pkt = read_tx(mem, &mut chain).map_err(|e| e.to_string())?;
-        muxer.handle_tx(pkt);
-        Ok(0)
-    })
+    serve_chains(
+        &mut queues[TX_QUEUE],
+        mem,
+        |_| true,
+        |mut chain| {
+            let pkt = read_tx(mem, &mut chain).map_err(|e| e.to_string())?;
+            muxer.handle_tx(pkt);
+            Ok(0)
+        },
+    )
 }
 
 fn serve_rx(active: &mut ActiveState, muxer: &mut Muxer) -> (QueueOutcome, usize) {
