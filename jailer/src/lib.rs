@@ -226,13 +226,14 @@ fn check_source(what: &'static str, path: &Path) -> Result<(), JailError> {
         return Err(source(std::io::Error::other("not an absolute path")));
     }
     // Bound over the jail's root it would hand the appliance the host's
-    // whole root filesystem (e.g. `--vsock /x.sock` binds `/`).
-    if path.parent().is_none() {
+    // whole root filesystem (e.g. `--vsock /x.sock` binds `/`); resolved, so
+    // `/tmp/..` or a link to `/` are the same refusal.
+    if std::fs::canonicalize(path).map_err(source)? == Path::new("/") {
         return Err(source(std::io::Error::other(
             "the host's root directory; use a directory of its own",
         )));
     }
-    std::fs::metadata(path).map(drop).map_err(source)
+    Ok(())
 }
 
 /// The child's half: everything after fork, before the VM is built.
@@ -273,7 +274,7 @@ mod tests {
     #[test]
     fn sources_must_be_absolute_and_not_the_root() {
         assert!(check_source("file", Path::new("/dev/null")).is_ok());
-        for bad in ["/", "relative", "/no/such/herd/file"] {
+        for bad in ["/", "/tmp/..", "relative", "/no/such/herd/file"] {
             assert!(check_source("file", Path::new(bad)).is_err(), "{bad}");
         }
     }
