@@ -8,72 +8,86 @@
 //! binary is skipped, so a stale list costs memory, never a build.
 
 use std::env;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const ORDER_FILE: &str = "src/link-order.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
-    println!("cargo:rerun-if-changed=src/build.rs");
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
-    let release = env::var("PROFILE").is_ok_and(|p| p == "release");
-    if !release {
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    if env::var("PROFILE").is_ok_and(|p| p != "release") {
         return;
     }
     let dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let order = format!("{dir}/{ORDER_FILE}");
-    let why_not = if std::path::Path::new(&order).is_file() {
-        why_not_lld()
+    let order = Path::new(&dir).join(ORDER_FILE);
+    let checked = if order.is_file() {
+        linker_takes(&order)
     } else {
-        Some(format!(
+        Err(format!(
             "{ORDER_FILE} is missing; benches/layout/order.sh writes it"
         ))
     };
-    match why_not {
-        None => {
-            println!("cargo:rustc-link-arg-bin=herd=-Wl,--symbol-ordering-file={order}");
-            println!("cargo:rustc-link-arg-bin=herd=-Wl,--no-warn-symbol-ordering");
+    match checked {
+        Ok(()) => {
+            // -Xlinker pairs: a path may hold the commas -Wl splits on.
+            for arg in [
+                "--symbol-ordering-file".into(),
+                order.display().to_string(),
+                "--no-warn-symbol-ordering".into(),
+            ] {
+                println!("cargo:rustc-link-arg-bin=herd=-Xlinker");
+                println!("cargo:rustc-link-arg-bin=herd={arg}");
+            }
         }
-        Some(why) => println!(
+        Err(why) => println!(
             "cargo:warning=herd's code is linked in the default order ({why}): \
-             `herd run` maps ~1.5 MiB more code; rustc >= 1.90 on x86_64 Linux \
-             links with LLD and lays it out"
+             `herd run` maps ~1.5 MiB more code. LLD lays it out (rustc >= 1.90 on \
+             x86_64 Linux links with it by default)"
         ),
     }
 }
 
-/// The ordering flag is LLD's: rustc links x86_64 Linux binaries with its
-/// own LLD from 1.90 on, unless a linker is configured. With GNU ld the flag
-/// would fail the link, so anything else gets the default layout.
-fn why_not_lld() -> Option<String> {
-    let target = env::var("TARGET").unwrap_or_default();
-    if target != "x86_64-unknown-linux-gnu" {
-        return Some(format!("target {target}"));
-    }
-    if env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some() {
-        return Some("a linker is configured".into());
+/// Whether this build's linker takes LLD's ordering flags: an empty
+/// program is linked the way herd will be (same rustc, target, flags and
+/// linker). GNU ld, for one, refuses them and would fail the real link.
+fn linker_takes(order: &Path) -> Result<(), String> {
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
+    let src = out.join("link_probe.rs");
+    std::fs::write(&src, "fn main() {}\n").map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut rustc = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+    rustc
+        .arg("--crate-type=bin")
+        .arg("--edition=2021")
+        .arg("-o")
+        .arg(out.join("link_probe"))
+        .arg(&src);
+    if let Ok(target) = env::var("TARGET") {
+        rustc.arg("--target").arg(target);
     }
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if ["linker", "fuse-ld", "link-self-contained"]
-        .iter()
-        .any(|f| flags.contains(f))
-    {
-        return Some("RUSTFLAGS choose the linker".into());
+    rustc.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    if let Ok(linker) = env::var("RUSTC_LINKER") {
+        rustc.arg(format!("-Clinker={linker}"));
     }
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = Command::new(&rustc)
-        .arg("--version")
+    for arg in ["--symbol-ordering-file".into(), order.display().to_string()] {
+        rustc
+            .arg("-Clink-arg=-Xlinker")
+            .arg(format!("-Clink-arg={arg}"));
+    }
+    let output = rustc
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let minor = version
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.split('.').nth(1))
-        .and_then(|m| m.parse::<u32>().ok());
-    match minor {
-        Some(m) if m >= 90 => None,
-        _ => Some(format!("{} is older than 1.90", version.trim())),
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&output.stderr);
+        // The linker's own complaint, else rustc's.
+        let line = err
+            .lines()
+            .find(|l| l.contains("symbol-ordering") && !l.contains("\"-Xlinker\""))
+            .or_else(|| err.lines().find(|l| l.contains("error")))
+            .unwrap_or("the linker refused --symbol-ordering-file");
+        Err(line.trim().to_owned())
     }
 }

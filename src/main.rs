@@ -37,9 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a kernel in a new microVM and run it until the guest stops.
-    #[command(after_help = EXIT_STATUS_HELP)]
-    Run(Box<RunArgs>),
+    #[command(flatten)]
+    Run(RunOnly),
     /// Per-guest disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
@@ -64,7 +63,8 @@ enum Command {
 /// `herd run` alone: what a VM's process parses. Building clap's whole
 /// command tree (every subcommand of `herd`) costs a VM ~0.3 ms of start-up
 /// and ~0.5 MiB of touched code and heap for nothing; `herd run` parses and
-/// reports errors exactly as under [`Cli`].
+/// reports errors exactly as under [`Cli`], which flattens the same
+/// definition in for `herd --help` and `herd help run`.
 #[derive(Parser)]
 #[command(name = "herd", version)]
 struct RunCli {
@@ -144,7 +144,8 @@ fn main() -> ExitCode {
             die_on_closed_stdout();
             ExitCode::from(appliance::run(cmd))
         }
-        Command::Run(args) => run_command(&matches, args, process_start),
+        // Not reached from `herd run …` (main parses that with RunCli).
+        Command::Run(RunOnly::Run(args)) => run_command(&matches, args, process_start),
         Command::Image(cmd) => {
             die_on_closed_stdout();
             ExitCode::from(image::run(cmd))

@@ -296,7 +296,7 @@ mod tests {
             // SAFETY: unshare takes no pointers; it moves only this thread.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 eprintln!(
-                    "SKIPPED remove_tap_removes_only_taps: cannot unshare a network                      namespace ({}); run as root",
+                    "SKIPPED remove_tap_removes_only_taps: cannot unshare a network namespace ({}); run as root",
                     std::io::Error::last_os_error()
                 );
                 return;

@@ -117,24 +117,26 @@ pub fn command(mut args: Box<RunArgs>, given: &dyn Fn(&str) -> bool, process_sta
             "--detach does not work with --emulated-host (the test host runs in the foreground)",
         );
     }
-    if let Err(e) = resolve_root(&mut args) {
-        return fail(EXIT_BAD_INPUT, e);
-    }
+    let kernel = match resolve_root(&mut args) {
+        Ok(kernel) => kernel,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
     if args.emulated_host {
         emulated_host::run(&args)
     } else {
-        run(*args, process_start)
+        run(*args, kernel, process_start)
     }
 }
 
 /// `--root NAME[:VERSION]` to the store's image file, and the kernel it
-/// was built with unless `--kernel` is given.
-fn resolve_root(args: &mut RunArgs) -> Result<(), image::ResolveError> {
+/// was built with unless `--kernel` is given (or a "give --kernel" error).
+/// Returns the kernel, which it also sets in `args`.
+fn resolve_root(args: &mut RunArgs) -> Result<PathBuf, image::ResolveError> {
     let root = args.root.as_ref().map(|r| r.to_string_lossy().into_owned());
     let resolved = image::resolve_root(root.as_deref(), args.kernel.take())?;
     args.root = resolved.root;
-    args.kernel = Some(resolved.kernel);
-    Ok(())
+    args.kernel = Some(resolved.kernel.clone());
+    Ok(resolved.kernel)
 }
 
 /// In the jailed child: the jailer closed every inherited descriptor but
@@ -150,14 +152,8 @@ fn forget_closed_fds(slot: &mut Option<vm_slots::VmSlot>, named: Option<&mut Nam
 const NO_SECCOMP_WARNING: &str = "herd: WARNING: --no-seccomp: seccomp filters are OFF; a guest \
      that escapes into herd may make any system call. For debugging only.";
 
-pub fn run(args: RunArgs, process_start: Instant) -> u8 {
+fn run(args: RunArgs, kernel: PathBuf, process_start: Instant) -> u8 {
     log_limit::init(args.log_level);
-    let Some(kernel) = args.kernel.clone() else {
-        return fail(
-            EXIT_BAD_INPUT,
-            "--kernel PATH is required (or --config FILE with a kernel key)",
-        );
-    };
     if !(0.0..=3600.0).contains(&args.stop_timeout) {
         return fail(
             EXIT_BAD_INPUT,

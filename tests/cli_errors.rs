@@ -156,8 +156,10 @@ fn a_listing_into_a_closed_pipe_ends_without_a_panic() {
     use std::os::unix::process::ExitStatusExt;
     for args in [&["image", "ls"][..], &["ps", "--all"][..]] {
         let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills the two-element array it is given.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // Close-on-exec: another test's child spawned meanwhile must not
+        // inherit the read end (this test's EPIPE depends on it closing).
+        // SAFETY: pipe2(2) fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: both descriptors were just created and are owned here;
         // the read end is closed at once so every write gets EPIPE.
         let (reader, writer) = unsafe {

@@ -38,7 +38,7 @@ pub fn console_config(console: &str, named: Option<&NamedRun>) -> Result<Console
     match (console, named) {
         ("log", Some(named)) => Ok(ConsoleConfig::Log {
             path: named.console_log(),
-            max_bytes: vmm::device_manager::console::console_log_max(),
+            max_bytes: vmm::device_manager::console::console_log_max()?,
         }),
         ("log", None) => Err(
             "--console log needs --name: the log lives in the appliance's runtime directory".into(),

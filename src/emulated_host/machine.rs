@@ -195,16 +195,14 @@ pub fn execute(host: &Path, job: Job) -> Result<Outcome, EmulatedHostError> {
             killed = true;
             if signals::count() > 1 {
                 log::error!("a second signal: killing the emulated test host at once");
+            } else if stop.started.is_none() {
+                // Only a signal stops a test host that has not started the
+                // script (the timeout counts from the start).
+                log::warn!("interrupted while the emulated test host was booting: killing it");
             } else {
-                if stop.started.is_none() {
-                    log::error!(
-                        "the emulated test host never started the script (hung while booting?): killing it"
-                    );
-                } else {
-                    log::error!(
-                        "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
-                    );
-                }
+                log::error!(
+                    "the emulated test host did not stop within {STOP_LIMIT:?} of being asked: killing it"
+                );
                 match monitor::vcpu_summary(&monitor_sock) {
                     Some(state) => log::error!("the test host's vCPUs (QEMU monitor):\n{state}"),
                     None => log::error!("the test host's QEMU monitor did not answer"),

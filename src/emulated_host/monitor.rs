@@ -4,7 +4,7 @@
 //! leaves nothing to go on (2026-12-01: a 15-minute hang with a silent
 //! console).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,7 +23,8 @@ pub fn qemu_arg(path: &Path) -> String {
 }
 
 /// Each test-host vCPU's instruction pointer and mode, one line per vCPU,
-/// from `info registers -a`; None if the monitor does not answer.
+/// from `info registers -a`; None if the monitor does not answer. While a
+/// vCPU runs a nested guest, TCG reports the guest's registers there.
 pub fn vcpu_summary(path: &Path) -> Option<String> {
     let mut stream = UnixStream::connect(path).ok()?;
     stream
@@ -33,15 +34,13 @@ pub fn vcpu_summary(path: &Path) -> Option<String> {
     let deadline = Instant::now() + ANSWER_LIMIT;
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
+    // The banner ends with a prompt, the answer with the next one.
+    while prompts(&text) < 2 && Instant::now() < deadline {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(_) if text.windows(4).any(|w| w == b"EFER") => {
-                // A pause after register dumps: the answer is complete.
-                break;
-            }
-            Err(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
         }
     }
     let text = String::from_utf8_lossy(&text);
@@ -52,3 +51,9 @@ pub fn vcpu_summary(path: &Path) -> Option<String> {
         .collect();
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
+
+fn prompts(text: &[u8]) -> usize {
+    text.windows(PROMPT.len()).filter(|w| *w == PROMPT).count()
+}
+
+const PROMPT: &[u8] = b"(qemu) ";

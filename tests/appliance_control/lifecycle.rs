@@ -348,6 +348,12 @@ fn symlinks_planted_in_a_runtime_dir_are_not_followed() {
         "probe.action=exit:0",
     ]);
     assert!(!out.status.success(), "{}", dump(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("planted/lock") && err.contains("symbolic link"),
+        "refused for another reason:\n{}",
+        dump(&out)
+    );
     assert!(
         !victim.exists(),
         "root created a file through the planted lock link"

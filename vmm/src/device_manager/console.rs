@@ -24,14 +24,17 @@ pub const CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
 /// `max-size` log option.
 pub const CONSOLE_LOG_MAX_ENV: &str = "HERD_CONSOLE_LOG_MAX_BYTES";
 
-/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set and sane. The
-/// CLI reads it into `ConsoleConfig::Log`, which carries it into a jail
-/// (whose environment is cleared).
-pub fn console_log_max() -> u64 {
-    std::env::var(CONSOLE_LOG_MAX_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(CONSOLE_LOG_MAX_BYTES, |n| n.max(4096))
+/// The console log's size cap: CONSOLE_LOG_MAX_ENV if set (at least 4096),
+/// else CONSOLE_LOG_MAX_BYTES; an error naming the variable if it is not a
+/// byte count. The CLI reads it into `ConsoleConfig::Log`, which carries it
+/// into a jail (whose environment is cleared).
+pub fn console_log_max() -> Result<u64, String> {
+    match std::env::var(CONSOLE_LOG_MAX_ENV) {
+        Err(_) => Ok(CONSOLE_LOG_MAX_BYTES),
+        Ok(v) => v.trim().parse::<u64>().map(|n| n.max(4096)).map_err(|_| {
+            format!("{CONSOLE_LOG_MAX_ENV}={v} is not a number of bytes (e.g. 1048576); unset it for 1 MiB")
+        }),
+    }
 }
 
 /// Appends to `path`, moving its contents to `path.1` when it is full.
