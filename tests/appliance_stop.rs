@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use support::images::image_dir;
 use support::staging::{disk_create, write, TempDir};
-use support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Seconds `herd stop` gives the appliance; the guest needs a few.
 const STOP_TIMEOUT_S: u32 = 30;
@@ -124,10 +124,7 @@ fn setup() -> Result<ScenarioResult, String> {
 
 fn result() -> &'static ScenarioResult {
     static RESULT: OnceLock<Result<ScenarioResult, String>> = OnceLock::new();
-    match RESULT.get_or_init(setup) {
-        Ok(r) => r,
-        Err(e) => panic!("appliance_stop scenario could not start: {e}"),
-    }
+    shared(&RESULT, "appliance_stop", setup)
 }
 
 /// Every `stop-test: PREFIX…` line the scenario printed, without the prefix.

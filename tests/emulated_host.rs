@@ -122,7 +122,7 @@ fn guest_output_and_exit_status_come_back() {
 
 #[test]
 fn disks_are_attached_in_place() {
-    let kernel = image_dir("kernel").join("vmlinux");
+    let (kernel, _) = kernel_and_initrd();
     let base = image_dir("base").join("base.erofs");
     let dir = scratch("disks");
     let root = dir.join("root.erofs");

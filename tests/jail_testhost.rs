@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use support::images::image_dir;
 use support::staging::{check, disk_create, TempDir};
-use support::testhost::{GuestRun, Scenario, ScenarioResult};
+use support::testhost::{shared, GuestRun, Scenario, ScenarioResult};
 
 const SCRIPT: &str = r#"
 export HERD_TIMEOUT=240
@@ -97,10 +97,7 @@ fn setup() -> Result<ScenarioResult, String> {
 
 fn suite() -> &'static ScenarioResult {
     static SUITE: OnceLock<Result<ScenarioResult, String>> = OnceLock::new();
-    match SUITE.get_or_init(setup) {
-        Ok(s) => s,
-        Err(e) => panic!("jail scenario could not start: {e}"),
-    }
+    shared(&SUITE, "jail", setup)
 }
 
 /// The value of the scenario's line `jail-test: PREFIX…`.

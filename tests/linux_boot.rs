@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::images::image_dir;
-use support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Guests run by the one scenario. `boot NAME ARGS…` is `herd run` with the
 /// common options; all files are under /guest in the test host.
@@ -47,7 +47,7 @@ exit 0
 /// as a message so that every test reports it instead of re-running it.
 fn suite() -> &'static ScenarioResult {
     static SUITE: OnceLock<Result<ScenarioResult, String>> = OnceLock::new();
-    let res = SUITE.get_or_init(|| {
+    shared(&SUITE, "linux_boot", || {
         let host = TestHost::get().map_err(|e| format!("test host unavailable: {e}"))?;
         let kernel = image_dir("kernel")?;
         let base = image_dir("base")?;
@@ -60,11 +60,7 @@ fn suite() -> &'static ScenarioResult {
             .file(&host.kernel(), "debian-vmlinuz")
             .timeout(Duration::from_secs(900))
             .run())
-    });
-    match res {
-        Ok(r) => r,
-        Err(e) => panic!("linux_boot scenario could not start: {e}"),
-    }
+    })
 }
 
 /// The named run; it must have reached its end marker.

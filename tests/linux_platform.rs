@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use support::images::image_dir;
 use support::staging::{check, TempDir};
-use support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// `boot NAME ARGS…` runs `herd run` with 2 vCPUs and the base initramfs;
 /// the test host's clock is printed around each run for the date checks.
@@ -65,7 +65,7 @@ exit 0
 
 fn suite() -> &'static ScenarioResult {
     static SUITE: OnceLock<Result<ScenarioResult, String>> = OnceLock::new();
-    let res = SUITE.get_or_init(|| {
+    shared(&SUITE, "linux_platform", || {
         let host = TestHost::get().map_err(|e| format!("test host unavailable: {e}"))?;
         let kernel = image_dir("kernel")?;
         let base = image_dir("base")?;
@@ -84,11 +84,7 @@ fn suite() -> &'static ScenarioResult {
             .file(&initrd, "initrd-line.cpio")
             .timeout(Duration::from_secs(600))
             .run())
-    });
-    match res {
-        Ok(r) => r,
-        Err(e) => panic!("linux_platform scenario could not start: {e}"),
-    }
+    })
 }
 
 /// Builds tests/linux_platform/line.c (static) and the base initramfs with

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::support::images::image_dir;
 use crate::support::staging::{check, disk_create, write, TempDir};
-use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use crate::support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 /// Guests started at once from the one base image.
 const GUESTS: usize = 10;
@@ -293,10 +293,7 @@ fn setup() -> Result<Suite, String> {
 
 fn suite() -> &'static Suite {
     static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
-    match SUITE.get_or_init(setup) {
-        Ok(s) => s,
-        Err(e) => panic!("appliance_disks scenario could not start: {e}"),
-    }
+    shared(&SUITE, "appliance_disks", setup)
 }
 
 /// The named run; it must have ended, and not by HERD_TIMEOUT.

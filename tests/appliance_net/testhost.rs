@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::support::images::image_dir;
 use crate::support::staging::{check, disk_create, write, TempDir};
-use crate::support::testhost::{GuestRun, Scenario, ScenarioResult, TestHost};
+use crate::support::testhost::{shared, GuestRun, Scenario, ScenarioResult, TestHost};
 
 const DISK_SIZE: &str = "16M";
 /// Page served by the db appliance.
@@ -392,10 +392,7 @@ fn setup() -> Result<Suite, String> {
 
 fn suite() -> &'static Suite {
     static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
-    match SUITE.get_or_init(setup) {
-        Ok(s) => s,
-        Err(e) => panic!("appliance_net scenario could not start: {e}"),
-    }
+    shared(&SUITE, "appliance_net", setup)
 }
 
 /// The named run; it must have ended, and not by HERD_TIMEOUT.
