@@ -7,7 +7,8 @@
 # Every function of a release build gets a one-shot gdb breakpoint; the probe
 # guests then take the paths a VM's process takes: boot and reset, SIGTERM on
 # a running guest, two vCPUs and a boot report, console to a file, disks,
-# and the jail's supervisor. Twice: `cargo build --release` and `cargo bench`
+# and the jail's supervisor (gdb follows the supervisor; the jailed child runs
+# the same VM code as the unjailed scenarios). Twice: `cargo build --release` and `cargo bench`
 # build herd with different symbol names (the bench profile unwinds on panic,
 # which changes every crate's hash), and the list holds both.
 set -euo pipefail
@@ -35,9 +36,11 @@ scenarios() {
   fi
 }
 # The bench profile's herd first, then the release one (left in place).
-cargo bench -q --no-run --bench boot 2>/dev/null
+cargo bench -q --no-run --bench boot
 scenarios
 cargo build --release -q --bin herd
 scenarios
-awk '!seen[$0]++' "$raw" > src/link-order.txt
+# Replaced only when every scenario ran (set -e): never a partial list.
+awk '!seen[$0]++' "$raw" > "$scratch/link-order.txt"
+mv "$scratch/link-order.txt" src/link-order.txt
 echo "order.sh: $(wc -l < src/link-order.txt) functions in src/link-order.txt"
