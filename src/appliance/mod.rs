@@ -1,5 +1,5 @@
 //! Running appliances: `herd ps`, `logs`, `stop`, `kill`, `pause`,
-//! `resume`, `console`, `inspect`, `install-unit`, and what `herd run
+//! `resume`, `console`, `inspect`, `rm`, `install-unit`, and what `herd run
 //! --name/--detach/--config` adds to a run (runtime directory, control and
 //! console sockets, systemd notification).
 
@@ -10,6 +10,7 @@ pub mod control;
 pub mod detach;
 pub mod logs;
 pub mod named_run;
+pub mod remove;
 pub mod runtime_dir;
 pub mod systemd;
 
@@ -55,6 +56,15 @@ pub enum ApplianceCommand {
     },
     /// Stop an appliance at once (no guest shutdown).
     Kill { name: String },
+    /// Remove stopped appliances' runtime directories (logs, config, boot
+    /// report); a running one is refused unless --force.
+    Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Kill a running appliance first (as `herd kill`).
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Freeze an appliance's vCPUs.
     Pause { name: String },
     /// Let a paused appliance run again.
@@ -70,6 +80,9 @@ pub enum ApplianceCommand {
         dir: PathBuf,
     },
 }
+
+/// `docker rm`'s status when a name could not be removed.
+const EXIT_RM_FAILED: u8 = 1;
 
 fn control_fail(e: &control::ControlError) -> u8 {
     let status = if e.is_user_error() {
@@ -134,6 +147,7 @@ pub fn run(command: ApplianceCommand) -> u8 {
             }
             Err(e) => control_fail(&e),
         },
+        ApplianceCommand::Rm { names, force } => rm(&names, force),
         ApplianceCommand::Pause { name } => pause(&name, true),
         ApplianceCommand::Resume { name } => pause(&name, false),
         ApplianceCommand::Console { name } => match console::attach(&name) {
@@ -161,6 +175,19 @@ pub fn run(command: ApplianceCommand) -> u8 {
             }
         }
     }
+}
+
+/// Every name is tried; like `docker rm`, prints each one removed and
+/// exits 1 if any could not be.
+fn rm(names: &[String], force: bool) -> u8 {
+    let mut status = EXIT_OK;
+    for name in names {
+        match remove::remove(name, force) {
+            Ok(()) => println!("{name}"),
+            Err(e) => status = fail(EXIT_RM_FAILED, e),
+        }
+    }
+    status
 }
 
 fn pause(name: &str, pause: bool) -> u8 {

@@ -33,6 +33,8 @@ pub enum RuntimeDirError {
     BadName(String),
     #[error("an appliance named {name} is already running (pid {pid}); stop it with `herd stop {name}` or pick another --name")]
     AlreadyRunning { name: String, pid: String },
+    #[error("appliance {name} is running (pid {pid}): stop it first with `herd stop {name}`, or use `herd rm -f {name}`")]
+    Running { name: String, pid: String },
     #[error("cannot use the runtime directory {path}: {source}; set HERD_RUNTIME to a writable directory")]
     Io {
         path: PathBuf,
@@ -155,12 +157,9 @@ impl RuntimeDir {
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         if !lock_exclusive(&lock) {
-            let pid = std::fs::read_to_string(path.join(PID_FILE))
-                .map(|p| p.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".into());
             return Err(RuntimeDirError::AlreadyRunning {
                 name: name.to_owned(),
-                pid,
+                pid: read_pid_text(&path),
             });
         }
         let dir = RuntimeDir {
@@ -174,22 +173,7 @@ impl RuntimeDir {
 
     /// Removes what a previous, dead run left (everything but the lock).
     fn clean_stale(&self) -> Result<(), RuntimeDirError> {
-        let entries = std::fs::read_dir(&self.path).map_err(io_err(&self.path))?;
-        let mut cleaned = false;
-        for entry in entries.flatten() {
-            if entry.file_name() == LOCK_FILE {
-                continue;
-            }
-            let p = entry.path();
-            let removed = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            removed.map_err(io_err(&p))?;
-            cleaned = true;
-        }
-        if cleaned {
+        if remove_all_but_lock(&self.path)? {
             log::info!(
                 "cleaned the stale runtime directory {} (its herd is gone)",
                 self.path.display()
@@ -241,6 +225,75 @@ impl RuntimeDir {
             let _ = std::fs::remove_file(self.path.join(name));
         }
     }
+}
+
+/// Empties a runtime directory but for its lock, whose holder must be the
+/// caller; true if there was anything to remove. Never follows a symlink
+/// (the jail's user may have planted one): a link is removed, not its
+/// target.
+fn remove_all_but_lock(dir: &Path) -> Result<bool, RuntimeDirError> {
+    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
+    let mut removed_any = false;
+    for entry in entries.flatten() {
+        if entry.file_name() == LOCK_FILE {
+            continue;
+        }
+        let p = entry.path();
+        // file_type() is the entry's own type (lstat), not its target's.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(io_err(&p))?;
+        removed_any = true;
+    }
+    Ok(removed_any)
+}
+
+/// `herd rm`: removes NAME's whole directory (logs, config, boot report),
+/// which no herd may hold. Holds the lock meanwhile, so a `herd run --name
+/// NAME` starting at the same moment is refused rather than losing its
+/// files.
+pub fn remove(name: &str) -> Result<(), RuntimeDirError> {
+    validate_name(name)?;
+    let base = base_dir();
+    let path = base.join(name);
+    let not_found = || RuntimeDirError::NotFound {
+        name: name.to_owned(),
+        dir: base.clone(),
+    };
+    let lock_path = path.join(LOCK_FILE);
+    // O_NOFOLLOW: a planted `lock` link is refused (as `claim` refuses it),
+    // and a planted NAME link in the base directory is not an appliance.
+    let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+    let lock = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path);
+    let lock = match lock {
+        Ok(lock) if is_dir => lock,
+        Ok(_) => return Err(not_found()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => return Err(io_err(&lock_path)(e)),
+    };
+    if !lock_exclusive(&lock) {
+        return Err(RuntimeDirError::Running {
+            name: name.to_owned(),
+            pid: read_pid_text(&path),
+        });
+    }
+    remove_all_but_lock(&path)?;
+    std::fs::remove_file(&lock_path).map_err(io_err(&lock_path))?;
+    // Not remove_dir_all: whatever appeared since was not ours to remove.
+    std::fs::remove_dir(&path).map_err(io_err(&path))
+}
+
+fn read_pid_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(PID_FILE))
+        .map(|p| p.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// What `ps` and the client commands see of a directory.
