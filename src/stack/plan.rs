@@ -104,15 +104,11 @@ fn tap_name(runtime_name: &str) -> String {
     format!("hd-{h:08x}")
 }
 
-/// A locally administered unicast MAC from the host name: the same on
-/// every `up`, distinct per appliance (checked in `plan`).
-fn mac_for(runtime_name: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(runtime_name.as_bytes());
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        h[0], h[1], h[2], h[3], h[4]
-    )
+/// The MAC `herd run --name RUNTIME_NAME` derives (the same on every
+/// `up` and under a plain `herd run`), passed explicitly so `plan` can
+/// check that no two appliances share one.
+fn mac_for(runtime_name: &str, tap: &str) -> String {
+    vmm::config::mac_text(vmm::config::derived_mac(Some(runtime_name), tap))
 }
 
 fn relative_to(dir: &Path, p: &Path) -> PathBuf {
@@ -359,9 +355,10 @@ pub fn plan(
                 }),
                 (None, None) => None,
             };
+            let tap = network.as_ref().map(|_| tap_name(&runtime_name));
             instances.push(Instance {
-                tap: network.as_ref().map(|_| tap_name(&runtime_name)),
-                mac: network.as_ref().map(|_| mac_for(&runtime_name)),
+                mac: tap.as_deref().map(|t| mac_for(&runtime_name, t)),
+                tap,
                 name,
                 group: group.clone(),
                 runtime_name,
@@ -473,6 +470,45 @@ mod tests {
         let macs: BTreeSet<_> = p.instances.iter().map(|i| i.mac.clone().unwrap()).collect();
         assert_eq!(macs.len(), 4);
         assert!(macs.iter().all(|m| m.starts_with("02:") && m.len() == 17));
+    }
+
+    /// `herd up` launches `herd run --name RUNTIME --net tap=..,mac=M`; M
+    /// must be the MAC that run derives for RUNTIME when given no mac=, or
+    /// an appliance's MAC would change between `herd up` and `herd run`.
+    #[test]
+    fn stack_macs_are_the_ones_herd_run_derives() {
+        let p = plan_text(&format!("{NET}[appliances.web]\nimage = \"base\"\n")).unwrap();
+        let inst = &p.instances[0];
+        let args = crate::stack::launch::run_args(&p, inst);
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).unwrap();
+            args[at + 1].clone()
+        };
+        let net: vmm::config::NetSpec = after("--net").parse().unwrap();
+        let bare = vmm::config::NetSpec {
+            mac: None,
+            ..net.clone()
+        };
+        let run = vmm::VmConfig {
+            name: Some(after("--name")),
+            root: None,
+            disks: Vec::new(),
+            nets: vec![bare.clone()],
+            kernel: PathBuf::from("/k"),
+            initrd: None,
+            cmdline: None,
+            mem_mib: 128,
+            cpus: 1,
+            console: vmm::ConsoleConfig::None,
+            boot_report: None,
+            rng: false,
+            vsock: None,
+        };
+        assert_eq!(net.mac, Some(run.nic_mac(&bare)), "{args:?}");
+        // FNV-1a of the runtime name "t-web" (not of its TAP's name): the
+        // MAC appliances had under `herd run --name` before stacks shared
+        // its derivation.
+        assert_eq!(inst.mac.as_deref(), Some("02:0c:f4:ef:5c:77"));
     }
 
     #[test]

@@ -103,6 +103,19 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// The MAC of a NIC given none: derived from the appliance's name (the
+/// TAP's name for an unnamed VM), stable across restarts. `herd up` derives
+/// its appliances' MACs here too, so an appliance has the same MAC under
+/// `herd up` as under `herd run --name`.
+pub fn derived_mac(name: Option<&str>, tap: &str) -> [u8; 6] {
+    devices::virtio::net::mac_from_name(name.unwrap_or(tap))
+}
+
+/// A MAC as `--net ...,mac=` takes it: `02:1a:2b:3c:4d:5e`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 impl FromStr for NetSpec {
     type Err = ConfigError;
 
@@ -252,13 +265,10 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// A NIC's MAC address: the one given, or one derived from the
-    /// appliance's name (the TAP's name for an unnamed VM), stable across
-    /// restarts.
+    /// A NIC's MAC address: the one given, else [`derived_mac`].
     pub fn nic_mac(&self, spec: &NetSpec) -> [u8; 6] {
-        let name = self.name.as_deref().unwrap_or(&spec.tap);
         spec.mac
-            .unwrap_or_else(|| devices::virtio::net::mac_from_name(name))
+            .unwrap_or_else(|| derived_mac(self.name.as_deref(), &spec.tap))
     }
 
     /// Root, then disks, then NICs, then the rng and vsock: the order of
@@ -327,6 +337,15 @@ mod tests {
         c.name = Some("web".into());
         assert_eq!(c.nic_mac(&spec), devices::virtio::net::mac_from_name("web"));
         assert_eq!(c.nic_mac(&given), [2, 0, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn mac_text_round_trips_through_net_specs() {
+        let mac = derived_mac(Some("web"), "tap7");
+        let text = mac_text(mac);
+        assert_eq!(text.len(), 17);
+        let spec: NetSpec = format!("tap=tap7,mac={text}").parse().unwrap();
+        assert_eq!(spec.mac, Some(mac));
     }
 
     #[test]
