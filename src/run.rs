@@ -154,15 +154,10 @@ const NO_SECCOMP_WARNING: &str = "herd: WARNING: --no-seccomp: seccomp filters a
 
 fn run(args: RunArgs, kernel: PathBuf, process_start: Instant) -> u8 {
     log_limit::init(args.log_level);
-    if !(0.0..=3600.0).contains(&args.stop_timeout) {
-        return fail(
-            EXIT_BAD_INPUT,
-            format!(
-                "--stop-timeout {} is out of range: use 0 to 3600 seconds",
-                args.stop_timeout
-            ),
-        );
-    }
+    let stop_timeout = match vmm::control::stop_timeout(args.stop_timeout) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_BAD_INPUT, format!("--stop-timeout {e}")),
+    };
     if args.detach {
         let name = args.name.as_deref().unwrap_or_default();
         if let Err(e) = appliance::runtime_dir::validate_name(name) {
@@ -273,7 +268,7 @@ fn run(args: RunArgs, kernel: PathBuf, process_start: Instant) -> u8 {
             return fail(status, e);
         }
     };
-    vmm.set_stop_timeout(std::time::Duration::from_secs_f64(args.stop_timeout));
+    vmm.set_stop_timeout(stop_timeout);
     // The VM's files and devices are open: nothing below needs root. Before
     // any thread starts: glibc makes every thread repeat a uid change,
     // which a filtered thread may not.

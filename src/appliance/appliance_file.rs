@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +32,7 @@ pub struct ApplianceFile {
     pub mem: Option<u64>,
     pub cpus: Option<u32>,
     pub cmdline: Option<String>,
-    pub stop_timeout: Option<f64>,
+    pub stop_timeout: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,14 @@ pub enum ApplianceFileError {
     },
     #[error("appliance file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// A value of the right type that herd does not take.
+    #[error("appliance file {path}:{line}: {key}: {message}")]
+    Value {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        message: String,
+    },
 }
 
 fn resolve(dir: &Path, p: &mut PathBuf) {
@@ -65,6 +74,18 @@ impl ApplianceFile {
                     None => e.message().to_owned(),
                 },
             })?;
+        // Here, not where --stop-timeout is checked: the error names this
+        // file and line, not a flag the user never typed.
+        if let Some(t) = &file.stop_timeout {
+            if let Err(e) = vmm::control::stop_timeout(*t.get_ref()) {
+                return Err(ApplianceFileError::Value {
+                    path: path.to_owned(),
+                    line: crate::toml_span::line(text, t.span().start),
+                    key: "stop_timeout",
+                    message: e.to_string(),
+                });
+            }
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         for p in [&mut file.kernel, &mut file.initrd, &mut file.root]
             .into_iter()
@@ -117,7 +138,7 @@ pub fn apply(
         args.cpus = cpus;
     }
     if let (false, Some(t)) = (given("stop_timeout"), file.stop_timeout) {
-        args.stop_timeout = t;
+        args.stop_timeout = t.into_inner();
     }
     args.disks.splice(0..0, file.disks);
     args.nets.splice(0..0, file.nets);
@@ -153,5 +174,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mem"), "{e}");
+    }
+
+    #[test]
+    fn stop_timeout_out_of_range_names_file_line_key_and_range() {
+        let parse = |text: &str| ApplianceFile::parse(Path::new("/etc/herd/a.toml"), text);
+        for (value, shown) in [
+            ("-1.0", "-1"),
+            ("3600.5", "3600.5"),
+            ("nan", "NaN"),
+            ("inf", "inf"),
+        ] {
+            let e = parse(&format!("mem = 64\nstop_timeout = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "appliance file /etc/herd/a.toml:2: stop_timeout: {shown} is out of range: \
+                     use 0 to 3600 seconds"
+                )
+            );
+        }
+        for ok in ["0", "0.5", "3600"] {
+            let f = parse(&format!("stop_timeout = {ok}\n")).unwrap();
+            let t = f.stop_timeout.map(Spanned::into_inner);
+            assert_eq!(t, Some(ok.parse().unwrap()), "{ok}");
+        }
     }
 }

@@ -15,7 +15,6 @@ pub mod runtime_dir;
 pub mod systemd;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Subcommand;
 
@@ -123,13 +122,11 @@ pub fn run(command: ApplianceCommand) -> u8 {
             Err(e) => fail(EXIT_BAD_INPUT, e),
         },
         ApplianceCommand::Stop { name, timeout } => {
-            if !(0.0..=3600.0).contains(&timeout) {
-                return fail(
-                    EXIT_BAD_INPUT,
-                    format!("--timeout {timeout} is out of range: use 0 to 3600 seconds"),
-                );
-            }
-            match control::stop(&name, Duration::from_secs_f64(timeout)) {
+            let timeout = match vmm::control::stop_timeout(timeout) {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_BAD_INPUT, format!("--timeout {e}")),
+            };
+            match control::stop(&name, timeout) {
                 Ok(how) => {
                     if how.starts_with("forced off") {
                         eprintln!("herd: warning: {name}: {how}");

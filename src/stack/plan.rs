@@ -196,17 +196,13 @@ pub fn plan(
                 );
             }
         }
-        // The range `herd run --stop-timeout` takes: checked here so the
+        // Checked here (as `herd run --stop-timeout` checks it) so the
         // error names the stack file's line instead of failing the launch.
         let stop_timeout = match &s.stop_timeout {
-            Some(t) if !(0.0..=3600.0).contains(t.get_ref()) => {
-                return p.err(
-                    t.span(),
-                    "stop_timeout",
-                    format!("{} is out of range: use 0 to 3600 seconds", t.get_ref()),
-                );
-            }
-            Some(t) => *t.get_ref(),
+            Some(t) => match vmm::control::stop_timeout(*t.get_ref()) {
+                Ok(_) => *t.get_ref(),
+                Err(e) => return p.err(t.span(), "stop_timeout", e.to_string()),
+            },
             None => DEFAULT_STOP_TIMEOUT,
         };
         let state_image =

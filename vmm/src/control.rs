@@ -21,6 +21,26 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 const PARK_RECHECK: Duration = Duration::from_millis(50);
 /// herd's default for how long a guest gets to power off when asked.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest it may get (one hour).
+pub const MAX_STOP_TIMEOUT_S: f64 = 3600.0;
+
+/// A stop timeout out of range; the caller puts the flag, key or file
+/// that gave it in front ("--stop-timeout -1 is out of range: …").
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is out of range: use 0 to {MAX_STOP_TIMEOUT_S} seconds")]
+pub struct StopTimeoutError(pub f64);
+
+/// The one check of a stop timeout in seconds, wherever it comes from
+/// (`herd run --stop-timeout`, `herd stop --timeout`, a stack's or an
+/// appliance file's `stop_timeout`, the API's `timeout_s`): 0 to
+/// [`MAX_STOP_TIMEOUT_S`]; NaN is out of range.
+pub fn stop_timeout(secs: f64) -> Result<Duration, StopTimeoutError> {
+    if (0.0..=MAX_STOP_TIMEOUT_S).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(StopTimeoutError(secs))
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ControlError {
@@ -262,5 +282,29 @@ fn kick(threads: &[libc::pthread_t]) {
         // under the same lock before the threads are joined.
         // SAFETY: sound for the reasons just given.
         unsafe { libc::pthread_kill(thread, signals::vcpu_kick_signal()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_timeouts_from_zero_to_an_hour() {
+        assert_eq!(stop_timeout(0.0).unwrap(), Duration::ZERO);
+        assert_eq!(stop_timeout(2.5).unwrap(), Duration::from_millis(2500));
+        assert_eq!(stop_timeout(3600.0).unwrap(), Duration::from_secs(3600));
+        for bad in [-0.001, 3600.001, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = stop_timeout(bad).unwrap_err();
+            assert!(
+                e.to_string()
+                    .ends_with(" is out of range: use 0 to 3600 seconds"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            stop_timeout(-1.0).unwrap_err().to_string(),
+            "-1 is out of range: use 0 to 3600 seconds"
+        );
     }
 }
