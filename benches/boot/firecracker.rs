@@ -230,10 +230,15 @@ pub fn linux_rows(fc: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
 cat >/tmp/fc.json <<'EOF'
 {fc_cfg}
 EOF
-# Every VM exit of a run, counted by the kvm_exit tracepoint's histogram.
+# Every VM exit of a run, counted by the kvm_exit tracepoint's histogram:
+# switched on once, each run's count the difference of its totals (turning
+# a tracepoint on or off live-patches kernel text, which can hang the test
+# host: guest-images/testhost/kvm-hold.c).
 H=/sys/kernel/tracing/events/kvm/kvm_exit
-kvm_on() {{ echo 'hist:keys=exit_reason' >$H/trigger; }}
-kvm_off() {{ echo "kvm-exits $1 $(sed -n 's/^ *Hits: *//p' $H/hist)"; echo '!hist:keys=exit_reason' >$H/trigger; }}
+echo 'hist:keys=exit_reason' >$H/trigger
+hits() {{ sed -n 's/^ *Hits: *//p' $H/hist; }}
+kvm_on() {{ _hits=$(hits); }}
+kvm_off() {{ echo "kvm-exits $1 $(($(hits) - _hits))"; }}
 # The same wrapper times all three: output to a file, shown after the end.
 timed() {{
 	_n=$1

@@ -71,7 +71,7 @@ if ! resolve; then
 		"is $kernel_suite in apt's sources? guest-images/install-deps.sh adds it"
 fi
 
-key=$(cat "$here/build.sh" "$here/init" "$here/lib.sh" - <<<"$kpkg=$kver busybox-static=$bver" |
+key=$(cat "$here/build.sh" "$here/init" "$here/lib.sh" "$here/kvm-hold.c" - <<<"$kpkg=$kver busybox-static=$bver" |
 	sha256sum | cut -c1-16)
 root=${HERD_CACHE:-$HOME/.cache/herd}/testhost
 out=$root/$key
@@ -114,6 +114,12 @@ cp pkg/bin/busybox "$rfs/bin/busybox"
 cp "$here/init" "$rfs/init"
 cp "$here/lib.sh" "$rfs/etc/testhost-lib.sh"
 chmod 755 "$rfs/init" "$rfs/bin/busybox"
+# Freestanding (no libc), a few KiB: see kvm-hold.c for why it exists.
+command -v gcc >/dev/null || die "needs gcc to build kvm-hold (run: apt-get install -y gcc)"
+gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector \
+	-fno-asynchronous-unwind-tables -fno-pie -no-pie -Wall -Werror \
+	-Wl,--build-id=none -s -o "$rfs/bin/kvm-hold" "$here/kvm-hold.c" ||
+	die "compiling kvm-hold.c failed"
 ln -s busybox "$rfs/bin/sh"
 # A console node for the kernel to open before /init mounts devtmpfs
 # (possible only as root; /init copes without it).

@@ -75,15 +75,16 @@ link_drive() {{
 	_dev=$(find_drive "$1") || exit 124
 	mkdir -p "${{2%/*}}" && ln -sf "$_dev" "$2"
 }}
-# PIDs of processes still running besides /init, us and our own helpers
-# (kernel threads and zombies left out).
+# PIDs of processes still running besides /init, us, our own helpers and the
+# test host's kvm-hold (kernel threads and zombies left out).
+_keep=$(cat /run/testhost-keep.pid 2>/dev/null)
 leftovers() {{
 	for _d in /proc/[0-9]*; do
 		_p=${{_d#/proc/}} _s= _pp=
 		while read -r _k _v _; do
 			case $_k in State:) _s=$_v ;; PPid:) _pp=$_v && break ;; esac
 		done 2>/dev/null <"$_d/status"
-		case "$_p:$_s:$_pp" in 1:* | 2:* | *:Z:* | *:*:2 | *:*:0 | *:*:"$_self" | "$_self":*) ;; *) [ -n "$_pp" ] && echo "$_p" ;; esac
+		case "$_p:$_s:$_pp" in 1:* | 2:* | *:Z:* | *:*:2 | *:*:0 | *:*:"$_self" | "$_self":* | "$_keep":*) ;; *) [ -n "$_pp" ] && echo "$_p" ;; esac
 	done
 }}
 # Stops what the command left running: SIGTERM (herd stops its VM), then
