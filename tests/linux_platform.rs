@@ -4,7 +4,8 @@
 //! the ACPI MADT: Debian's kernel has no MP-table parser), power the VM off
 //! and reset it through the ACPI sleep and reset registers with the
 //! kernel's own `poweroff -f`/`reboot -f` (no herd tool in the path), and
-//! read the wall clock from the CMOS RTC. A kernel booted with `acpi=off`
+//! know the date: Debian's kernel reads it from the CMOS RTC, the herd
+//! kernel (no RTC driver) from kvmclock. A kernel booted with `acpi=off`
 //! still gets its CPUs from the MP table.
 
 mod support;
@@ -220,8 +221,9 @@ fn herd_kernel_reboots_through_acpi() {
     assert_acpi_reset("herd-reboot");
 }
 
+/// kvmclock's wall clock: the herd kernel has no RTC driver.
 #[test]
-fn herd_kernel_reads_the_date_from_the_rtc() {
+fn herd_kernel_knows_the_date() {
     assert_date_right("herd-poweroff");
 }
 
