@@ -10,13 +10,16 @@
 #
 # CHURN_NO_HOLD=1 stops the test host's kvm-hold first (to see the hang);
 # CHURN_TRACE=1 also switches the kvm_exit tracepoint on and off around each
-# VM (text patching by another path, which kvm-hold does not prevent).
+# VM (text patching by another path, which kvm-hold does not prevent);
+# CHURN_JAIL=1 jails each VM (a cgroup per VM, as herd's default does).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 n=${1:-1500}
 timeout_s=${2:-600}
 (cd "$repo" && cargo build -q && make -s -C guest-images/probes OUT="$repo/target/debug/probes" >/dev/null)
+jail=--no-jail
+[ -z "${CHURN_JAIL:-}" ] || jail=
 script=$(mktemp /tmp/herd-churn.XXXXXX.sh)
 trap 'rm -f "$script"' EXIT
 cat >"$script" <<SCRIPT
@@ -27,7 +30,7 @@ i=0
 while [ \$i -lt $n ]; do
 	i=\$((i + 1))
 	[ -n "${CHURN_TRACE:-}" ] && echo 1 >\$E
-	herd run --log-level error --no-jail --no-rng --mem 16 --kernel /emu/probe-pvh.elf \
+	herd run --log-level error $jail --no-rng --mem 16 --kernel /emu/probe-pvh.elf \
 		--cmdline "probe.quick=1 probe.action=reset" >/dev/null 2>&1 || echo "churn: VM \$i failed"
 	[ -n "${CHURN_TRACE:-}" ] && echo 0 >\$E
 	case \$i in *[05]0) echo "churn: \$i VMs, uptime \$(cut -d' ' -f1 /proc/uptime)" ;; esac

@@ -14,6 +14,11 @@
  * keys never return to zero, so herd's VMs starting and stopping patch no
  * kernel text.
  *
+ * The one flip that remains, when this VM is created, must not race either:
+ * the test host boots with one CPU online (maxcpus=1), /init runs kvm-hold,
+ * which returns once its VM exists (a child keeps it, its pid in PID_FILE),
+ * and only then brings the other CPUs online.
+ *
  * Freestanding (no libc), built by build.sh like the base image's herd-outb.
  */
 
@@ -21,11 +26,14 @@
 #define SYS_open 2
 #define SYS_ioctl 16
 #define SYS_pause 34
+#define SYS_fork 57
 #define SYS_exit 60
 
 #define KVM_CREATE_VM 0xAE01
 #define KVM_CREATE_VCPU 0xAE41
 #define KVM_CREATE_IRQCHIP 0xAE60
+
+#define PID_FILE "/run/testhost-keep.pid"
 
 static long sys3(long n, long a, long b, long c)
 {
@@ -60,6 +68,25 @@ void _start(void)
 		DIE("KVM_CREATE_IRQCHIP failed");
 	if (sys3(SYS_ioctl, vm, KVM_CREATE_VCPU, 0) < 0)
 		DIE("KVM_CREATE_VCPU failed");
+	long pid = sys3(SYS_fork, 0, 0, 0);
+	if (pid < 0)
+		DIE("fork failed");
+	if (pid == 0)
+		for (;;)
+			sys3(SYS_pause, 0, 0, 0);
+	/* The parent records the child's pid (so the leftover sweep of
+	 * `herd emulated-host` spares it) and returns. */
+	char text[24];
+	int n = sizeof(text);
+	text[--n] = '\n';
+	do {
+		text[--n] = (char)('0' + pid % 10);
+		pid /= 10;
+	} while (pid && n > 0);
+	long fd = sys3(SYS_open, (long)PID_FILE, 01 | 0100 | 01000 /* O_WRONLY|O_CREAT|O_TRUNC */, 0644);
+	if (fd < 0 || sys3(SYS_write, fd, (long)(text + n), (long)(sizeof(text) - n)) < 0)
+		DIE("cannot write " PID_FILE);
+	sys3(SYS_exit, 0, 0, 0);
 	for (;;)
-		sys3(SYS_pause, 0, 0, 0);
+		;
 }

@@ -384,6 +384,13 @@ const CPU_MODEL: &str = "EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-
 /// on; measured in guest-images/testhost/README.md.
 const KVM_AMD_PARAMS: &str = "kvm_amd.npt=0";
 
+/// The test host's kernel boots with one CPU online; /init brings the rest
+/// up once kvm-hold has made the one live kernel-text patch KVM needs, so
+/// no other CPU can race it (guest-images/testhost/kvm-hold.c). TSC marked
+/// unstable at once for the same reason: found out later, with all CPUs up,
+/// marking it patches the scheduler's clock key.
+const BOOT_PARAMS: &str = "maxcpus=1 tsc=unstable";
+
 fn qemu_args(
     host: &Path,
     initrd: &Path,
@@ -451,9 +458,11 @@ fn qemu_args(
     let extra = std::env::var("HERD_TESTHOST_APPEND").unwrap_or_default();
     push(
         "-append",
-        format!("console=ttyS0 quiet panic=-1 mitigations=off {KVM_AMD_PARAMS} {extra}")
-            .trim_end()
-            .to_owned(),
+        format!(
+            "console=ttyS0 quiet panic=-1 mitigations=off {BOOT_PARAMS} {KVM_AMD_PARAMS} {extra}"
+        )
+        .trim_end()
+        .to_owned(),
     );
     args
 }
