@@ -231,11 +231,15 @@ cat >/tmp/fc.json <<'EOF'
 {fc_cfg}
 EOF
 # Every VM exit of a run, counted by the kvm_exit tracepoint's histogram:
-# switched on once, each run's count the difference of its totals (turning
-# a tracepoint on or off live-patches kernel text, which can hang the test
-# host: guest-images/testhost/kvm-hold.c).
+# switched on once, each run's count the difference of its totals. Turning a
+# tracepoint on live-patches kernel text, which can hang the test host unless
+# one CPU is online (guest-images/testhost/kvm-hold.c): the others go offline
+# meanwhile.
 H=/sys/kernel/tracing/events/kvm/kvm_exit
+cpus() {{ for _c in /sys/devices/system/cpu/cpu[1-9]*/online; do echo $1 >$_c; done; }}
+cpus 0
 echo 'hist:keys=exit_reason' >$H/trigger
+cpus 1
 hits() {{ sed -n 's/^ *Hits: *//p' $H/hist; }}
 kvm_on() {{ _hits=$(hits); }}
 kvm_off() {{ echo "kvm-exits $1 $(($(hits) - _hits))"; }}
