@@ -8,7 +8,7 @@ use std::time::Instant;
 use devices::legacy::{BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 use devices::{Bus, StopReason, VmStop};
 use kvm_bindings::{kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -61,8 +61,15 @@ pub enum VcpuError {
 
 /// KVM's supported CPUID, read once per VM and specialised per vCPU.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VcpuError::SupportedCpuid)
+    let mut supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VcpuError::SupportedCpuid)?;
+    // KVM reports its in-kernel LAPIC's TSC-deadline mode as a capability,
+    // not in the supported CPUID: each VMM has to advertise it.
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        cpuid::advertise_tsc_deadline(supported.as_mut_slice());
+    }
+    Ok(supported)
 }
 
 pub struct Vcpu {
