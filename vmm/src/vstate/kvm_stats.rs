@@ -33,6 +33,10 @@ pub struct KvmStats {
     file: File,
     /// (name, byte offset of its u64 value in the file)
     counters: Vec<(String, u64)>,
+    /// The file range holding every counter, read in one go: a snapshot is
+    /// taken on the vCPU thread when the guest reaches init, so it must not
+    /// cost a system call per counter.
+    span: (u64, usize),
 }
 
 fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
@@ -86,19 +90,35 @@ impl KvmStats {
                     )
                 })
             })
-            .collect();
-        Some(KvmStats { file, counters })
+            .collect::<Vec<_>>();
+        let start = counters.iter().map(|&(_, at)| at).min()?;
+        let end = counters.iter().map(|&(_, at)| at + 8).max()?;
+        let span = (start, usize::try_from(end - start).ok()?);
+        Some(KvmStats {
+            file,
+            counters,
+            span,
+        })
     }
 
     /// Adds this vCPU's nonzero counters into `into`.
     pub fn add_to(&self, into: &mut BTreeMap<String, u64>) {
+        let (start, len) = self.span;
+        let mut values = vec![0u8; len];
+        if self.file.read_exact_at(&mut values, start).is_err() {
+            return;
+        }
         for (name, at) in &self.counters {
-            let mut v = [0u8; 8];
-            if self.file.read_exact_at(&mut v, *at).is_ok() {
-                let v = u64::from_ne_bytes(v);
-                if v != 0 {
-                    *into.entry(name.clone()).or_default() += v;
-                }
+            let Some(v) = usize::try_from(at - start)
+                .ok()
+                .and_then(|i| values.get(i..i + 8))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_ne_bytes)
+            else {
+                continue;
+            };
+            if v != 0 {
+                *into.entry(name.clone()).or_default() += v;
             }
         }
     }
