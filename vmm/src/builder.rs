@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use devices::VmStop;
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
@@ -92,32 +93,18 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let cpu_count = config.cpu_count();
     let mem_size = config.mem_bytes();
     let stop = VmStop::new().map_err(BuildError::StopEvent)?;
-    // KVM_GET_SUPPORTED_CPUID is the slowest ioctl on the boot path and
-    // needs no VM: ask on a side thread while the VM is put together.
-    let supported_cpuid = std::thread::Builder::new()
-        .name("herd-cpuid".into())
-        .spawn(|| {
-            Kvm::new()
-                .map_err(BuildError::OpenKvm)
-                .and_then(|kvm| vcpu::supported_cpuid(&kvm).map_err(BuildError::from))
-        });
-
     let virtio_devices = virtio_devices::create(config)?;
     let guest_memory = memory::create_guest_memory(mem_size)?;
     timeline.phase_done("memory");
-    // The kernel and initrd are copied into guest RAM on a second thread
-    // while KVM puts the VM together around it: in the emulated test host
-    // the copy alone was half of herd's ~220 ms start.
+    // One helper thread does what needs no VM while KVM puts the VM
+    // together: KVM_GET_SUPPORTED_CPUID (the slowest ioctl on the boot
+    // path) and copying the kernel and initrd into guest RAM (in the
+    // emulated test host, half of herd's ~220 ms start).
     let image = GuestImage::from_config(config);
     let image_memory = guest_memory.clone();
-    let loader = std::thread::Builder::new()
+    let helper = std::thread::Builder::new()
         .name("herd-loader".into())
-        .spawn(move || {
-            let started = Instant::now();
-            image
-                .load(&image_memory)
-                .map(|kernel| (kernel, started.elapsed()))
-        });
+        .spawn(move || image.prepare(&image_memory));
     let machine = assemble_machine(
         config,
         virtio_devices,
@@ -125,21 +112,17 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         &stop,
         &mut timeline,
     );
-    let loaded = match loader {
-        Ok(handle) => handle
-            .join()
-            .unwrap_or_else(|_| Err(BuildError::LoaderThread)),
-        // No thread to be had: load here instead.
-        Err(_) => {
-            let started = Instant::now();
-            GuestImage::from_config(config)
-                .load(&guest_memory)
-                .map(|kernel| (kernel, started.elapsed()))
-        }
+    let prepared = match helper {
+        Ok(handle) => handle.join().unwrap_or_else(|_| Prepared {
+            supported_cpuid: Err(VcpuError::CpuidThread.into()),
+            loaded: Err(BuildError::LoaderThread),
+        }),
+        // No thread to be had: do it here instead.
+        Err(_) => GuestImage::from_config(config).prepare(&guest_memory),
     };
     // A bad kernel or initrd is the user's to fix, and is reported the
     // same with or without KVM: its error comes first.
-    let (kernel, load_time) = loaded?;
+    let (kernel, load_time) = prepared.loaded?;
     let Machine {
         vm_fd,
         vcpus,
@@ -148,16 +131,10 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         metrics,
         filters,
     } = machine?;
+    let base_cpuid = prepared.supported_cpuid?;
     timeline.overlapped("kernel_load", load_time);
     timeline.phase_done("kernel_load_wait");
 
-    let base_cpuid = match supported_cpuid {
-        Ok(handle) => handle
-            .join()
-            .unwrap_or_else(|_| Err(VcpuError::CpuidThread.into()))?,
-        // No thread to be had: ask here instead.
-        Err(_) => vcpu::supported_cpuid(&Kvm::new().map_err(BuildError::OpenKvm)?)?,
-    };
     for vcpu in &vcpus {
         let boot_state = (vcpu.id() == 0).then_some((&guest_memory, kernel.mode, kernel.entry));
         vcpu.configure(&base_cpuid, cpu_count, boot_state)?;
@@ -249,7 +226,25 @@ struct GuestImage {
     acpi_devices: Vec<AcpiMmioDevice>,
 }
 
+/// What the helper thread hands back.
+struct Prepared {
+    supported_cpuid: Result<CpuId, BuildError>,
+    loaded: Result<(LoadedKernel, Duration), BuildError>,
+}
+
 impl GuestImage {
+    fn prepare(&self, mem: &GuestMemoryMmap) -> Prepared {
+        let supported_cpuid = Kvm::new()
+            .map_err(BuildError::OpenKvm)
+            .and_then(|kvm| vcpu::supported_cpuid(&kvm).map_err(BuildError::from));
+        let started = Instant::now();
+        let loaded = self.load(mem).map(|kernel| (kernel, started.elapsed()));
+        Prepared {
+            supported_cpuid,
+            loaded,
+        }
+    }
+
     fn from_config(config: &VmConfig) -> Self {
         GuestImage {
             kernel: config.kernel.clone(),
