@@ -105,13 +105,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
     let helper = std::thread::Builder::new()
         .name("herd-loader".into())
         .spawn(move || image.prepare(&image_memory));
-    let machine = assemble_machine(
-        config,
-        virtio_devices,
-        &guest_memory,
-        &stop,
-        &mut timeline,
-    );
+    let machine = assemble_machine(config, virtio_devices, &guest_memory, &stop, &mut timeline);
     let prepared = match helper {
         Ok(handle) => handle.join().unwrap_or_else(|_| Prepared {
             supported_cpuid: Err(VcpuError::CpuidThread.into()),
@@ -270,13 +264,9 @@ impl GuestImage {
         boot::write_cmdline(mem, &cmdline)?;
         let memory_map = layout::memory_map(self.mem_size);
         match kernel.mode {
-            EntryMode::Linux64 => boot::write_zero_page(
-                mem,
-                &memory_map,
-                &kernel,
-                initrd,
-                self.cmdline.len() + 1,
-            )?,
+            EntryMode::Linux64 => {
+                boot::write_zero_page(mem, &memory_map, &kernel, initrd, self.cmdline.len() + 1)?
+            }
             EntryMode::Pvh => boot::write_pvh_start_info(mem, &memory_map, initrd)?,
         }
         mptable::setup(mem, self.cpu_count)?;
