@@ -145,8 +145,31 @@ impl Vmm {
     pub fn run_with(mut self, started: impl FnOnce()) -> Result<RunOutcome, RunError> {
         let stop = self.context.stop.clone();
         signals::install(stop.eventfd()).map_err(RunError::Signals)?;
-        let mut events: EventManager<Subscriber> =
-            EventManager::new().map_err(RunError::EventManager)?;
+        // The vCPU threads start before the event loop is set up: each
+        // confines itself (seccomp) before its first KVM_RUN, which then
+        // overlaps with the setup below. What the guest does meanwhile
+        // waits on eventfds, which the loop finds ready once it polls.
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.start(self.context.clone()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    stop.request(StopReason::KvmFailure(e.to_string()));
+                    stop_vcpus(threads);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.control
+            .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
+        let mut events: EventManager<Subscriber> = match EventManager::new() {
+            Ok(events) => events,
+            Err(e) => {
+                stop.request(StopReason::KvmFailure(format!("event loop: {e:?}")));
+                stop_vcpus(threads);
+                return Err(RunError::EventManager(e));
+            }
+        };
         events.add_subscriber(Arc::new(Mutex::new(StopListener::new(
             self.control.clone(),
             self.stop_timeout,
@@ -171,20 +194,6 @@ impl Vmm {
         if let Some(socket) = self.console_socket.take() {
             events.add_subscriber(Arc::new(Mutex::new(socket)));
         }
-
-        let mut threads = Vec::with_capacity(self.vcpus.len());
-        for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(self.context.clone()) {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    stop.request(StopReason::KvmFailure(e.to_string()));
-                    stop_vcpus(threads);
-                    return Err(e.into());
-                }
-            }
-        }
-        self.control
-            .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
         started();
 
         // Off the boot path: the guest is already running. A queue kick
