@@ -129,14 +129,24 @@ pub fn probe_rows(fc: &Path, kernel: &Path, rows: &mut Vec<Row>) -> Result<(), S
     let mut fc_first = Row::new("probe, Firecracker: spawn -> first serial byte", "ms");
     let mut herd_exit = Row::new("probe, herd: spawn -> exit (i8042 reset)", "ms");
     let mut fc_exit = Row::new("probe, Firecracker: spawn -> exit (i8042 reset)", "ms");
-    for _ in 0..runs() {
-        let (f, e) = super::time_first_byte_and_exit(super::herd_command(kernel, "reset", None))?;
-        herd_first.samples.push(f);
-        herd_exit.samples.push(e);
-        let (f, e) = super::time_first_byte_and_exit(fc_command(fc, &reset))
-            .map_err(|e| format!("firecracker: {e}"))?;
-        fc_first.samples.push(f);
-        fc_exit.samples.push(e);
+    // Each run's order alternates, so neither VMM always starts on the
+    // caches and page cache the other one left.
+    for i in 0..runs() {
+        for herd_turn in [i % 2 == 0, i % 2 != 0] {
+            let (f, e) = if herd_turn {
+                super::time_first_byte_and_exit(super::herd_command(kernel, "reset", None))?
+            } else {
+                super::time_first_byte_and_exit(fc_command(fc, &reset))
+                    .map_err(|e| format!("firecracker: {e}"))?
+            };
+            let (first, exit) = if herd_turn {
+                (&mut herd_first, &mut herd_exit)
+            } else {
+                (&mut fc_first, &mut fc_exit)
+            };
+            first.samples.push(f);
+            exit.samples.push(e);
+        }
     }
 
     let mut herd_pss = Row::new(
