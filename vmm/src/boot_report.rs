@@ -155,4 +155,19 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["stop_reason"], "guest reset");
     }
+
+    #[test]
+    fn overlapped_work_is_reported_beside_the_spans() {
+        let mut t = BootTimeline::new(Instant::now());
+        let base = t.build_start;
+        let at = |i: u64| base + Duration::from_millis(i);
+        t.phases = vec![("vm_create", at(2)), ("kernel_load_wait", at(5))];
+        t.overlapped("kernel_load", Duration::from_millis(4));
+        t.first_guest_entry = Some(at(6));
+        let r = BootReport::new(&t, 0, "guest reset".into());
+        assert_eq!(r.phases_ms["vm_create"], 2.0);
+        assert_eq!(r.phases_ms["kernel_load_wait"], 3.0);
+        assert_eq!(r.phases_ms["kernel_load"], 4.0);
+        assert_eq!(r.phases_ms["start"], 1.0);
+    }
 }

@@ -93,7 +93,11 @@ impl KvmStats {
             .collect::<Vec<_>>();
         let start = counters.iter().map(|&(_, at)| at).min()?;
         let end = counters.iter().map(|&(_, at)| at + 8).max()?;
-        let span = (start, usize::try_from(end - start).ok()?);
+        // A few KiB in practice; anything huge is not a stats file.
+        let len = usize::try_from(end - start)
+            .ok()
+            .filter(|&l| l <= 1 << 20)?;
+        let span = (start, len);
         Some(KvmStats {
             file,
             counters,
