@@ -210,6 +210,11 @@ impl Vmm {
                 }
             }
         }
+        let seccomp = self.context.seccomp.clone();
+        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(seccomp)) {
+            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
+        }
+
         // After the vCPU threads started (they install their own filter),
         // before the loop handles anything the guest did.
         if let Some(Err(e)) = self
@@ -221,10 +226,6 @@ impl Vmm {
             stop.request(StopReason::KvmFailure(e.to_string()));
             stop_vcpus(threads);
             return Err(e.into());
-        }
-        // Started under the filter just installed, which it inherits.
-        if let Some(Err(e)) = self.console_writer.as_ref().map(ConsoleWriter::start) {
-            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
         }
         while !stop.is_requested() {
             if let Err(e) = events.run() {

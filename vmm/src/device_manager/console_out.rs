@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::seccomp::ThreadKind;
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 /// Output held for a slow sink before the guest's output is dropped.
 pub const CONSOLE_BUFFER_BYTES: usize = 256 * 1024;
@@ -113,16 +113,16 @@ pub fn new(sink: Box<dyn Write + Send>) -> (ConsoleOut, ConsoleWriter) {
 impl ConsoleWriter {
     /// Starts the writer thread; from then on output is buffered. The
     /// thread takes the sink over itself, so a caller never waits for a
-    /// vCPU stuck in a direct write. It runs under the caller's seccomp
-    /// filter, which must be the event loop's (the vmm kind): inheriting
-    /// it spares the kernel compiling the same filter again while the
-    /// guest boots.
-    pub fn start(&self) -> std::io::Result<()> {
+    /// vCPU stuck in a direct write.
+    pub fn start(&self, seccomp: Option<Arc<SeccompFilters>>) -> std::io::Result<()> {
         let writer = self.shared.clone();
         std::thread::Builder::new()
             .name("herd-console".into())
             .spawn(move || {
-                crate::seccomp::note_inherited(ThreadKind::Vmm);
+                if let Some(Err(e)) = seccomp.as_ref().map(|f| f.install(ThreadKind::Vmm)) {
+                    log::error!("console output thread: {e}; guest output goes nowhere");
+                    return;
+                }
                 let Some(mut sink) = writer.lock().direct.take() else {
                     return;
                 };
@@ -178,7 +178,7 @@ mod tests {
         let (go, gate) = mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
         let (mut out, drain) = new(Box::new(Gate(gate, got.clone())));
-        drain.start().unwrap();
+        drain.start(None).unwrap();
         // The thread takes the sink over before the first write counts.
         while drain.shared.lock().direct.is_some() {
             std::thread::yield_now();
