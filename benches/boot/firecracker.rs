@@ -132,18 +132,20 @@ pub fn probe_rows(fc: &Path, kernel: &Path, rows: &mut Vec<Row>) -> Result<(), S
     // Each run's order alternates, so neither VMM always starts on the
     // caches and page cache the other one left.
     for i in 0..runs() {
-        for herd_turn in [i % 2 == 0, i % 2 != 0] {
-            let (f, e) = if herd_turn {
-                super::time_first_byte_and_exit(super::herd_command(kernel, "reset", None))?
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for herd_turn in order {
+            let (cmd, first, exit) = if herd_turn {
+                let cmd = super::herd_command(kernel, "reset", None);
+                (cmd, &mut herd_first, &mut herd_exit)
             } else {
-                super::time_first_byte_and_exit(fc_command(fc, &reset))
-                    .map_err(|e| format!("firecracker: {e}"))?
+                (fc_command(fc, &reset), &mut fc_first, &mut fc_exit)
             };
-            let (first, exit) = if herd_turn {
-                (&mut herd_first, &mut herd_exit)
-            } else {
-                (&mut fc_first, &mut fc_exit)
-            };
+            let (f, e) = super::time_first_byte_and_exit(cmd)
+                .map_err(|e| format!("{}: {e}", if herd_turn { "herd" } else { "firecracker" }))?;
             first.samples.push(f);
             exit.samples.push(e);
         }

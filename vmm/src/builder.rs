@@ -141,7 +141,6 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         kernel.mode,
         kernel.entry.0
     );
-    let exit_counters: Vec<_> = vcpus.iter().map(Vcpu::exit_counters).collect();
 
     let first_entry = Arc::new(OnceLock::new());
     let control = Arc::new(VmControl::new(
@@ -155,7 +154,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         },
     ));
     let exit_tally = Arc::new(ExitTally {
-        herd: exit_counters.clone(),
+        herd: metrics.vcpus.clone(),
         kvm: vcpus.iter().filter_map(Vcpu::kvm_stats).collect(),
     });
     let context = VcpuContext {
@@ -182,10 +181,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         console_input: matches!(config.console, ConsoleConfig::Stdio),
         timeline,
         control,
-        metrics: Some(MetricsSources {
-            vcpus: exit_counters,
-            ..metrics
-        }),
+        metrics: Some(metrics),
         description: VmDescription::from_config(config),
         stop_timeout: DEFAULT_STOP_TIMEOUT,
         console_hub: legacy.console_hub,
@@ -322,6 +318,7 @@ fn assemble_machine(
         timeline.build_start,
     )?;
     let mut metrics = MetricsSources {
+        vcpus: vcpus.iter().map(Vcpu::exit_counters).collect(),
         guest_ranges: memory::host_ranges(guest_memory),
         smaps: std::fs::File::open("/proc/self/smaps").ok(),
         ..MetricsSources::default()

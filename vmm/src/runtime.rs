@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::legacy::{BootTimerReading, SerialDevice};
-use devices::StopReason;
+use devices::{StopReason, VmStop};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -154,8 +154,7 @@ impl Vmm {
             match vcpu.start(self.context.clone()) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
-                    stop.request(StopReason::KvmFailure(e.to_string()));
-                    stop_vcpus(threads);
+                    abort(&stop, threads, e.to_string());
                     return Err(e.into());
                 }
             }
@@ -165,8 +164,7 @@ impl Vmm {
         let mut events: EventManager<Subscriber> = match EventManager::new() {
             Ok(events) => events,
             Err(e) => {
-                stop.request(StopReason::KvmFailure(format!("event loop: {e:?}")));
-                stop_vcpus(threads);
+                abort(&stop, threads, format!("event loop: {e:?}"));
                 return Err(RunError::EventManager(e));
             }
         };
@@ -204,8 +202,7 @@ impl Vmm {
             match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
                 Ok(thread) => io_threads.push(thread),
                 Err(e) => {
-                    stop.request(StopReason::KvmFailure(e.to_string()));
-                    stop_vcpus(threads);
+                    abort(&stop, threads, e.to_string());
                     return Err(RunError::IoThread(e));
                 }
             }
@@ -223,8 +220,7 @@ impl Vmm {
             .as_ref()
             .map(|f| f.install(ThreadKind::Vmm))
         {
-            stop.request(StopReason::KvmFailure(e.to_string()));
-            stop_vcpus(threads);
+            abort(&stop, threads, e.to_string());
             return Err(e.into());
         }
         while !stop.is_requested() {
@@ -271,6 +267,12 @@ impl Vmm {
             timeline: self.timeline,
         })
     }
+}
+
+/// Gives up starting the VM: the vCPUs already running stop first.
+fn abort(stop: &VmStop, threads: Vec<JoinHandle<()>>, why: String) {
+    stop.request(StopReason::KvmFailure(why));
+    stop_vcpus(threads);
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, and
