@@ -257,7 +257,14 @@ fn run(args: RunArgs, kernel: PathBuf, process_start: Instant) -> u8 {
         }
     };
     let _slot = slot;
-    let mut vmm = match vmm::build_vm(&config, process_start) {
+    let confinement = vmm::Confinement {
+        seccomp: !args.no_seccomp,
+        uid_drop: jailed.as_ref().map(|j| vmm::UidDrop {
+            uid: j.user().uid,
+            gid: j.user().gid,
+        }),
+    };
+    let mut vmm = match vmm::build_vm(&config, process_start, confinement) {
         Ok(vmm) => vmm,
         Err(e) => {
             let status = if e.is_user_error() {
@@ -269,15 +276,11 @@ fn run(args: RunArgs, kernel: PathBuf, process_start: Instant) -> u8 {
         }
     };
     vmm.set_stop_timeout(stop_timeout);
-    // The VM's files and devices are open: nothing below needs root. Before
-    // any thread starts: glibc makes every thread repeat a uid change,
-    // which a filtered thread may not.
+    // The VM's files and devices are open: nothing below needs root. glibc
+    // makes every thread repeat a uid change: the only threads yet are the
+    // vCPUs', whose filters allow this one change (`confinement`).
     if let Some(Err(e)) = jailed.map(jailer::Jailed::drop_privileges) {
         return fail(EXIT_HOST_FAILURE, e);
-    }
-    // Before the control API starts: its thread installs its own filter.
-    if args.no_seccomp {
-        vmm.disable_seccomp();
     }
     if let Some(named) = named.as_mut() {
         if let Err(e) = named.attach(&mut vmm, &config) {

@@ -149,6 +149,11 @@ pub struct Jailed {
 }
 
 impl Jailed {
+    /// Who the process becomes at [`Jailed::drop_privileges`].
+    pub fn user(&self) -> &JailUser {
+        &self.user
+    }
+
     /// Drops to the jail user's uid/gid (no supplementary groups, so no
     /// capabilities) and sets no_new_privs. Call once the VM's files and
     /// devices are open, before any guest code runs.

@@ -1,5 +1,6 @@
 //! Turns a validated `VmConfig` into a ready-to-run `Vmm`, top to bottom:
-//! KVM VM, guest memory, vCPUs, kernel and initrd, devices, boot state.
+//! vCPU threads, KVM VM, guest memory, vCPUs, kernel and initrd, devices,
+//! boot state.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -24,10 +25,11 @@ use crate::device_manager::virtio_devices::{self, VirtioDeviceError, VirtioDevic
 use crate::device_manager::{self, DeviceError, LegacyDevices, MmioDeviceManager};
 use crate::metrics::MetricsSources;
 use crate::runtime::Vmm;
-use crate::seccomp::{self, SeccompError, SeccompFilters};
+use crate::seccomp::{self, SeccompError, SeccompFilters, UidDrop};
 use crate::vstate::kvm_stats::ExitTally;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vcpu_thread::VcpuThread;
 use crate::vstate::vm::{self, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +89,36 @@ impl BuildError {
     }
 }
 
-pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
+/// How the VM's threads are confined.
+#[derive(Clone, Copy, Debug)]
+pub struct Confinement {
+    /// A seccomp filter on every thread; off (`--no-seccomp`) only for
+    /// debugging.
+    pub seccomp: bool,
+    /// Where a jailed herd drops its privileges after the build.
+    pub uid_drop: Option<UidDrop>,
+}
+
+pub fn build_vm(
+    config: &VmConfig,
+    process_start: Instant,
+    confinement: Confinement,
+) -> Result<Vmm, BuildError> {
     config.validate()?;
     let mut timeline = BootTimeline::new(process_start);
     let cpu_count = config.cpu_count();
     let mem_size = config.mem_bytes();
+    let filters = confinement
+        .seccomp
+        .then(|| SeccompFilters::compile(confinement.uid_drop))
+        .transpose()?
+        .map(Arc::new);
+    timeline.phase_done("seccomp");
+    // First: each confines itself while the VM is put together.
+    let vcpu_threads = (0..cpu_count)
+        .map(|id| VcpuThread::spawn(id, filters.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    timeline.phase_done("vcpu_threads");
     let stop = VmStop::new().map_err(BuildError::StopEvent)?;
     let virtio_devices = virtio_devices::create(config)?;
     let guest_memory = memory::create_guest_memory(mem_size)?;
@@ -123,7 +150,6 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         legacy,
         mmio,
         metrics,
-        filters,
     } = machine?;
     let base_cpuid = prepared.supported_cpuid?;
     timeline.overlapped("kernel_load", load_time);
@@ -163,7 +189,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         stop: stop.clone(),
         pause: control.pause.clone(),
         first_entry,
-        seccomp: Some(Arc::new(filters)),
+        seccomp: filters,
         exits: exit_tally,
         exits_at_init: Arc::default(),
     };
@@ -171,6 +197,7 @@ pub fn build_vm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildE
         _vm: vm_fd,
         _guest_memory: guest_memory,
         vcpus,
+        vcpu_threads,
         context,
         serial: legacy.serial,
         boot_timer: legacy.boot_timer,
@@ -272,14 +299,13 @@ impl GuestImage {
 }
 
 /// The VM around guest RAM: KVM's VM and vCPUs (not yet configured: that
-/// needs the kernel's entry point), the devices and the seccomp filters.
+/// needs the kernel's entry point) and the devices.
 struct Machine {
     vm_fd: VmFd,
     vcpus: Vec<Vcpu>,
     legacy: LegacyDevices,
     mmio: MmioDeviceManager,
     metrics: MetricsSources,
-    filters: SeccompFilters,
 }
 
 fn assemble_machine(
@@ -342,14 +368,11 @@ fn assemble_machine(
     let mut mmio = MmioDeviceManager::new();
     virtio_devices::attach_all(virtio_devices, &mut mmio, &vm_fd, guest_memory)?;
     timeline.phase_done("devices");
-    let filters = SeccompFilters::compile()?;
-    timeline.phase_done("seccomp");
     Ok(Machine {
         vm_fd,
         vcpus,
         legacy,
         mmio,
         metrics,
-        filters,
     })
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
-use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::seccomp::{self, ThreadKind};
 
 /// How often an idle I/O thread looks at its stop flag.
 const STOP_POLL_MS: i32 = 100;
@@ -29,11 +29,7 @@ impl Drop for IoThread {
 }
 
 /// Runs `subscriber` on a new thread called `name`.
-pub fn spawn(
-    name: String,
-    subscriber: Subscriber,
-    seccomp: Option<Arc<SeccompFilters>>,
-) -> std::io::Result<IoThread> {
+pub fn spawn(name: String, subscriber: Subscriber, filtered: bool) -> std::io::Result<IoThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let mut events: EventManager<Subscriber> =
@@ -42,9 +38,8 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            if let Some(Err(e)) = seccomp.as_ref().map(|f| f.install(ThreadKind::Vmm)) {
-                log::error!("{name}: {e}; the device stops working");
-                return;
+            if filtered {
+                seccomp::note_inherited(ThreadKind::Vmm);
             }
             while !flag.load(Ordering::Acquire) {
                 if let Err(e) = events.run_with_timeout(STOP_POLL_MS) {

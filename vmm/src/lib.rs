@@ -19,7 +19,8 @@ pub mod seccomp;
 pub mod signals;
 pub mod vstate;
 
-pub use builder::{build_vm, BuildError};
+pub use builder::{build_vm, BuildError, Confinement};
 pub use config::{ConsoleConfig, VmConfig};
 pub use devices::StopReason;
 pub use runtime::{RunError, RunOutcome, Vmm};
+pub use seccomp::UidDrop;

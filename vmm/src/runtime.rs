@@ -24,6 +24,7 @@ use crate::metrics::MetricsSources;
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vcpu_thread::VcpuThread;
 
 /// How long vCPU threads get to leave KVM_RUN once the VM stops.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -67,6 +68,8 @@ pub struct Vmm {
     pub(crate) _vm: VmFd,
     pub(crate) _guest_memory: GuestMemoryMmap,
     pub(crate) vcpus: Vec<Vcpu>,
+    /// One per vCPU, started (and confined) by the build.
+    pub(crate) vcpu_threads: Vec<VcpuThread>,
     pub(crate) context: VcpuContext,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
@@ -103,8 +106,8 @@ impl Vmm {
     }
 
     /// Serves the control API on a Unix socket at `path` (see `api`). The
-    /// API thread confines itself with its seccomp filter unless
-    /// [`Vmm::disable_seccomp`] was called first.
+    /// API thread confines itself with its seccomp filter unless the build
+    /// was told not to.
     pub fn start_api(&mut self, path: &std::path::Path) -> Result<(), ApiError> {
         let ctx = ApiContext {
             control: self.control.clone(),
@@ -130,44 +133,19 @@ impl Vmm {
         self.power_button.clone()
     }
 
-    /// Runs every thread unconfined (`--no-seccomp`, for debugging). Call
-    /// it before [`Vmm::start_api`].
-    pub fn disable_seccomp(&mut self) {
-        self.context.seccomp = None;
-    }
-
     /// Runs the guest until it stops, then stops every vCPU.
     pub fn run(self) -> Result<RunOutcome, RunError> {
         self.run_with(|| {})
     }
 
-    /// As `run`; `started` is called once every vCPU thread runs.
+    /// As `run`; `started` is called once the VM is about to run, the last
+    /// moment this thread may still use the file system (its filter comes
+    /// next, then the vCPUs run).
     pub fn run_with(mut self, started: impl FnOnce()) -> Result<RunOutcome, RunError> {
         let stop = self.context.stop.clone();
         signals::install(stop.eventfd()).map_err(RunError::Signals)?;
-        // The vCPU threads start before the event loop is set up: each
-        // confines itself (seccomp) before its first KVM_RUN, which then
-        // overlaps with the setup below. What the guest does meanwhile
-        // waits on eventfds, which the loop finds ready once it polls.
-        let mut threads = Vec::with_capacity(self.vcpus.len());
-        for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(self.context.clone()) {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    abort(&stop, threads, e.to_string());
-                    return Err(e.into());
-                }
-            }
-        }
-        self.control
-            .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
-        let mut events: EventManager<Subscriber> = match EventManager::new() {
-            Ok(events) => events,
-            Err(e) => {
-                abort(&stop, threads, format!("event loop: {e:?}"));
-                return Err(RunError::EventManager(e));
-            }
-        };
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(RunError::EventManager)?;
         events.add_subscriber(Arc::new(Mutex::new(StopListener::new(
             self.control.clone(),
             self.stop_timeout,
@@ -192,37 +170,39 @@ impl Vmm {
         if let Some(socket) = self.console_socket.take() {
             events.add_subscriber(Arc::new(Mutex::new(socket)));
         }
+        // Everything but the vCPUs first, so that once the guest runs this
+        // thread soon sleeps in the event loop: the guest's first output
+        // then finds a CPU free for whoever reads it. The console and I/O
+        // threads start after this thread's filter is installed and
+        // inherit it, instead of each compiling a copy of it in the kernel.
         started();
-
-        // Off the boot path: the guest is already running. A queue kick
-        // that came first stays pending on its eventfd.
-        let mut io_threads = Vec::with_capacity(self.io_subscribers.len());
-        for (i, device) in self.io_subscribers.drain(..).enumerate() {
-            let seccomp = self.context.seccomp.clone();
-            match io_thread::spawn(format!("herd-io{i}"), device, seccomp) {
-                Ok(thread) => io_threads.push(thread),
+        if let Some(filters) = &self.context.seccomp {
+            filters.install(ThreadKind::Vmm)?;
+        }
+        let inherit = self.context.seccomp.is_some();
+        let io_threads = self
+            .io_subscribers
+            .drain(..)
+            .enumerate()
+            .map(|(i, device)| io_thread::spawn(format!("herd-io{i}"), device, inherit))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RunError::IoThread)?;
+        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(inherit)) {
+            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
+        }
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (vcpu, thread) in self.vcpus.drain(..).zip(self.vcpu_threads.drain(..)) {
+            match thread.run(vcpu, self.context.clone()) {
+                Ok(handle) => threads.push(handle),
                 Err(e) => {
                     abort(&stop, threads, e.to_string());
-                    return Err(RunError::IoThread(e));
+                    return Err(e.into());
                 }
             }
         }
-        let seccomp = self.context.seccomp.clone();
-        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(seccomp)) {
-            log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
-        }
+        self.control
+            .set_vcpu_threads(threads.iter().map(JoinHandleExt::as_pthread_t).collect());
 
-        // After the vCPU threads started (they install their own filter),
-        // before the loop handles anything the guest did.
-        if let Some(Err(e)) = self
-            .context
-            .seccomp
-            .as_ref()
-            .map(|f| f.install(ThreadKind::Vmm))
-        {
-            abort(&stop, threads, e.to_string());
-            return Err(e.into());
-        }
         while !stop.is_requested() {
             if let Err(e) = events.run() {
                 log::error!("event loop failed: {e:?}");

@@ -4,27 +4,108 @@
 //! a hung filesystem) then costs the guest output, never a vCPU: when the
 //! buffer is full, further output is dropped and counted.
 //!
+//! A sink that can say when a write would block (pipes and sockets, through
+//! `pwritev2(RWF_NOWAIT)`) is written by the vCPU itself while nothing is
+//! queued: no thread wake-up and context switch per console line. The
+//! writer thread then only takes what the sink refused.
+//!
 //! The thread is started once the vCPUs run ([`ConsoleWriter::start`]),
 //! off the boot path; until then output goes to the sink directly.
 
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::seccomp::{self, ThreadKind};
 
 /// Output held for a slow sink before the guest's output is dropped.
 pub const CONSOLE_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Where console output ends up.
+pub trait ConsoleSink: Write + Send {
+    /// Writes a prefix of `buf` if that cannot block, and says how long it
+    /// was; None when the sink cannot tell (the writer thread writes it).
+    fn write_now(&mut self, _buf: &[u8]) -> Option<usize> {
+        None
+    }
+}
+
+impl ConsoleSink for crate::device_manager::console::RotatingLog {}
+impl ConsoleSink for std::io::Sink {}
+
+/// A sink on a descriptor (stdout, a file), written unbuffered: the vCPU
+/// writes to the same descriptor directly, and stdout is whatever fd 1 is
+/// at the time (a detached appliance moves it to its log).
+pub struct FdSink<F> {
+    file: F,
+    /// Cleared once the kernel says this file cannot do non-blocking
+    /// writes (terminals, most file systems).
+    nowait: bool,
+}
+
+impl<F: AsFd + Send> FdSink<F> {
+    pub fn new(file: F) -> Self {
+        FdSink { file, nowait: true }
+    }
+}
+
+impl<F: AsFd + Send> Write for FdSink<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // `buf` is readable for its length during the call; the
+        // descriptor is borrowed from `self.file`, open for the call.
+        // SAFETY: sound for the reasons just given.
+        let written = unsafe {
+            libc::write(
+                self.file.as_fd().as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+            )
+        };
+        usize::try_from(written).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: AsFd + Send> ConsoleSink for FdSink<F> {
+    fn write_now(&mut self, buf: &[u8]) -> Option<usize> {
+        if !self.nowait {
+            return None;
+        }
+        let iov = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        // The one iovec points into `buf`, readable for its length during
+        // the call; the kernel only reads it. Offset -1: the file position,
+        // as write(2).
+        // SAFETY: sound for the reasons just given.
+        let written =
+            unsafe { libc::pwritev2(self.file.as_fd().as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        if let Ok(written) = usize::try_from(written) {
+            return Some(written);
+        }
+        // EAGAIN: full for now. Anything else (EOPNOTSUPP, ENOSYS, a closed
+        // reader) is for the writer thread from now on.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            self.nowait = false;
+        }
+        None
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// The sink, until the writer thread takes it over.
-    direct: Option<Box<dyn Write + Send>>,
+    /// Out while the writer thread writes to it.
+    sink: Option<Box<dyn ConsoleSink>>,
+    /// The writer thread runs: output is no longer written directly.
+    started: bool,
     bytes: Vec<u8>,
     /// Bytes dropped since the writer last reported it.
     dropped: u64,
-    /// The writer is busy with bytes it took out of `bytes`.
-    writing: bool,
 }
 
 #[derive(Default)]
@@ -48,26 +129,38 @@ pub struct ConsoleOut {
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.lock();
-        if let Some(sink) = state.direct.as_mut() {
-            // A closed terminal or a full disk must not stop the guest.
-            let _ = sink.write_all(buf);
-            return Ok(buf.len());
+        let started = state.started;
+        let idle = state.bytes.is_empty();
+        let mut rest = buf;
+        if let Some(sink) = state.sink.as_mut() {
+            if !started {
+                // A closed terminal or a full disk must not stop the guest.
+                let _ = sink.write_all(buf);
+                return Ok(buf.len());
+            }
+            // Only with nothing queued, which would otherwise go after.
+            if idle {
+                let written = sink.write_now(buf).unwrap_or(0);
+                rest = buf.get(written..).unwrap_or_default();
+            }
         }
         let room = CONSOLE_BUFFER_BYTES.saturating_sub(state.bytes.len());
-        let take = buf.len().min(room);
-        let was_idle = state.bytes.is_empty();
-        state.bytes.extend_from_slice(&buf[..take]);
-        state.dropped += u64::try_from(buf.len() - take).unwrap_or(u64::MAX);
+        let take = rest.len().min(room);
+        state.bytes.extend_from_slice(&rest[..take]);
+        state.dropped += u64::try_from(rest.len() - take).unwrap_or(u64::MAX);
         drop(state);
-        if was_idle && take > 0 {
+        if idle && take > 0 {
             self.shared.changed.notify_all();
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(sink) = self.shared.lock().direct.as_mut() {
-            let _ = sink.flush();
+        let mut state = self.shared.lock();
+        if !state.started {
+            if let Some(sink) = state.sink.as_mut() {
+                let _ = sink.flush();
+            }
         }
         Ok(())
     }
@@ -84,7 +177,8 @@ impl ConsoleWriter {
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
-        while !state.bytes.is_empty() || state.writing {
+        // The sink is out while the writer writes to it.
+        while !state.bytes.is_empty() || (state.started && state.sink.is_none()) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -99,9 +193,9 @@ impl ConsoleWriter {
 
 /// The serial port's writer for `sink`, and the handle that starts the
 /// thread behind it.
-pub fn new(sink: Box<dyn Write + Send>) -> (ConsoleOut, ConsoleWriter) {
+pub fn new(sink: Box<dyn ConsoleSink>) -> (ConsoleOut, ConsoleWriter) {
     let shared = Arc::new(Shared::default());
-    shared.lock().direct = Some(sink);
+    shared.lock().sink = Some(sink);
     (
         ConsoleOut {
             shared: shared.clone(),
@@ -111,21 +205,18 @@ pub fn new(sink: Box<dyn Write + Send>) -> (ConsoleOut, ConsoleWriter) {
 }
 
 impl ConsoleWriter {
-    /// Starts the writer thread; from then on output is buffered. The
-    /// thread takes the sink over itself, so a caller never waits for a
-    /// vCPU stuck in a direct write.
-    pub fn start(&self, seccomp: Option<Arc<SeccompFilters>>) -> std::io::Result<()> {
+    /// Starts the writer thread; from then on output is buffered unless
+    /// the sink takes it at once. The thread takes the sink over itself, so
+    /// a caller never waits for a vCPU stuck in a direct write.
+    pub fn start(&self, filtered: bool) -> std::io::Result<()> {
         let writer = self.shared.clone();
         std::thread::Builder::new()
             .name("herd-console".into())
             .spawn(move || {
-                if let Some(Err(e)) = seccomp.as_ref().map(|f| f.install(ThreadKind::Vmm)) {
-                    log::error!("console output thread: {e}; guest output goes nowhere");
-                    return;
+                if filtered {
+                    seccomp::note_inherited(ThreadKind::Vmm);
                 }
-                let Some(mut sink) = writer.lock().direct.take() else {
-                    return;
-                };
+                writer.lock().started = true;
                 let mut chunk = Vec::new();
                 loop {
                     let mut state = writer.lock();
@@ -135,9 +226,11 @@ impl ConsoleWriter {
                             Err(p) => p.into_inner(),
                         };
                     }
+                    let Some(mut sink) = state.sink.take() else {
+                        return;
+                    };
                     std::mem::swap(&mut chunk, &mut state.bytes);
                     let dropped = std::mem::take(&mut state.dropped);
-                    state.writing = true;
                     drop(state);
                     if dropped > 0 {
                         log::warn!(
@@ -147,7 +240,7 @@ impl ConsoleWriter {
                     // A closed terminal or a full disk must not stop the guest.
                     let _ = sink.write_all(&chunk).and_then(|()| sink.flush());
                     chunk.clear();
-                    writer.lock().writing = false;
+                    writer.lock().sink = Some(sink);
                     writer.changed.notify_all();
                 }
             })?;
@@ -162,6 +255,7 @@ mod tests {
 
     /// A sink that blocks until told to go on.
     struct Gate(mpsc::Receiver<()>, Arc<Mutex<Vec<u8>>>);
+    impl ConsoleSink for Gate {}
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let _ = self.0.recv();
@@ -178,9 +272,9 @@ mod tests {
         let (go, gate) = mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
         let (mut out, drain) = new(Box::new(Gate(gate, got.clone())));
-        drain.start(None).unwrap();
+        drain.start(false).unwrap();
         // The thread takes the sink over before the first write counts.
-        while drain.shared.lock().direct.is_some() {
+        while !drain.shared.lock().started {
             std::thread::yield_now();
         }
         let start = Instant::now();
@@ -204,5 +298,70 @@ mod tests {
         let _ = go.send(());
         assert!(drain.drain(Duration::from_secs(5)));
         assert!(got.lock().unwrap().ends_with(b"after"));
+    }
+
+    /// A sink that takes at most `now` bytes at once, and the rest only
+    /// through the writer thread.
+    struct Partial {
+        now: usize,
+        direct: Arc<Mutex<Vec<u8>>>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+    impl ConsoleSink for Partial {
+        fn write_now(&mut self, buf: &[u8]) -> Option<usize> {
+            let n = buf.len().min(self.now);
+            self.direct.lock().unwrap().extend_from_slice(&buf[..n]);
+            self.got.lock().unwrap().extend_from_slice(&buf[..n]);
+            Some(n)
+        }
+    }
+    impl Write for Partial {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_the_sink_takes_at_once_skips_the_thread_and_order_holds() {
+        let direct = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Partial {
+            now: 4,
+            direct: direct.clone(),
+            got: got.clone(),
+        };
+        let (mut out, drain) = new(Box::new(sink));
+        drain.start(false).unwrap();
+        while !drain.shared.lock().started {
+            std::thread::yield_now();
+        }
+        out.write_all(b"abc").unwrap();
+        assert!(drain.drain(Duration::from_secs(5)));
+        out.write_all(b"defghij").unwrap();
+        out.write_all(b"kl").unwrap();
+        assert!(drain.drain(Duration::from_secs(5)));
+        assert_eq!(got.lock().unwrap().as_slice(), b"abcdefghijkl");
+        // "abc" and "defg" went at once, "hij" through the thread; "kl"
+        // either way, depending on whether "hij" was still queued.
+        let direct = direct.lock().unwrap().clone();
+        assert!(direct == b"abcdefg" || direct == b"abcdefgkl", "{direct:?}");
+    }
+
+    #[test]
+    fn a_full_pipe_is_not_written_at_once() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut sink = FdSink::new(writer);
+        let mut total = 0;
+        while let Some(n) = sink.write_now(&[b'x'; 4096]) {
+            assert!(n > 0);
+            total += n;
+            assert!(total <= 16 << 20, "the pipe never filled");
+        }
+        assert!(total >= 4096);
+        drop(reader);
     }
 }

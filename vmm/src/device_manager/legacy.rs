@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::console::{ConsoleHub, ConsoleTee, RotatingLog};
-use super::console_out::{self, ConsoleWriter};
+use super::console_out::{self, ConsoleSink, ConsoleWriter, FdSink};
 use crate::config::ConsoleConfig;
 use crate::control::VmControl;
 use crate::panic_watch::PanicWatcher;
@@ -61,28 +61,24 @@ pub struct LegacyDevices {
     pub console_writer: Option<ConsoleWriter>,
 }
 
-fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
+fn console_writer(console: &ConsoleConfig) -> Result<Box<dyn ConsoleSink>, DeviceError> {
+    let file_error = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| DeviceError::ConsoleFile { path, source }
+    };
     Ok(match console {
-        ConsoleConfig::Stdio => Box::new(std::io::stdout()),
         ConsoleConfig::None => Box::new(std::io::sink()),
+        ConsoleConfig::Stdio => Box::new(FdSink::new(std::io::stdout())),
         ConsoleConfig::Log { path, max_bytes } => {
-            Box::new(RotatingLog::open(path, *max_bytes).map_err(|source| {
-                DeviceError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                }
-            })?)
+            Box::new(RotatingLog::open(path, *max_bytes).map_err(file_error(path))?)
         }
-        ConsoleConfig::File(path) => Box::new(
+        ConsoleConfig::File(path) => Box::new(FdSink::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| DeviceError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
+                .map_err(file_error(path))?,
+        )),
     })
 }
 

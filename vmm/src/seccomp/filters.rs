@@ -18,7 +18,7 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 
-use super::{SeccompError, ThreadKind};
+use super::{SeccompError, ThreadKind, UidDrop};
 
 const KVMIO: u32 = 0xAE;
 const TUNTAP: u32 = b'T' as u32;
@@ -68,6 +68,8 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_sendto,
+    // The I/O threads' event loops, made by this thread once filtered.
+    libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
@@ -85,6 +87,8 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_preadv,
     libc::SYS_pwrite64,
     libc::SYS_pwritev,
+    // Console output that must not block (see console_out).
+    libc::SYS_pwritev2,
     libc::SYS_read,
     libc::SYS_readv,
     libc::SYS_tgkill,
@@ -99,6 +103,8 @@ const VCPU: &[libc::c_long] = &[
     libc::SYS_ftruncate,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // Console output written at once when that cannot block.
+    libc::SYS_pwritev2,
 ];
 
 /// Starting a thread: the API starts one per connection, the event loop
@@ -178,7 +184,36 @@ fn arg_lacks(index: u8, bits: u64) -> Result<SeccompRule, BackendError> {
     )?])
 }
 
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+/// A rule matching calls whose first three arguments are all `value`.
+fn args_are(value: u32) -> Result<SeccompRule, BackendError> {
+    let conditions = (0..3)
+        .map(|index| {
+            SeccompCondition::new(
+                index,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                u64::from(value),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    SeccompRule::new(conditions)
+}
+
+/// The calls glibc's setxid broadcast makes on each thread when the
+/// process drops to `to`, and nothing else: no supplementary groups, then
+/// the gid, then the uid.
+fn uid_drop_rules(to: UidDrop) -> Result<[(i64, Vec<SeccompRule>); 3], BackendError> {
+    Ok([
+        (libc::SYS_setgroups, vec![arg_is(0, 0)?]),
+        (libc::SYS_setresgid, vec![args_are(to.gid)?]),
+        (libc::SYS_setresuid, vec![args_are(to.uid)?]),
+    ])
+}
+
+fn rules(
+    kind: ThreadKind,
+    uid_drop: Option<UidDrop>,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let threads = if kind == ThreadKind::Vcpu {
         &[][..]
     } else {
@@ -231,6 +266,9 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
         }
         ThreadKind::Vcpu => {}
     }
+    if let Some(to) = uid_drop {
+        rules.extend(uid_drop_rules(to)?);
+    }
     let requests = ioctls(kind);
     if !requests.is_empty() {
         let by_request = requests
@@ -242,8 +280,11 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendErr
     Ok(rules)
 }
 
-pub(super) fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let filter = rules(kind)
+pub(super) fn compile(
+    kind: ThreadKind,
+    uid_drop: Option<UidDrop>,
+) -> Result<BpfProgram, SeccompError> {
+    let filter = rules(kind, uid_drop)
         .and_then(|rules| {
             SeccompFilter::new(
                 rules,
@@ -273,7 +314,7 @@ mod tests {
 
     #[test]
     fn vcpu_may_not_open_files_or_sockets() {
-        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        let vcpu = rules(ThreadKind::Vcpu, None).unwrap();
         for nr in [libc::SYS_openat, libc::SYS_socket, libc::SYS_execve] {
             assert!(
                 !vcpu.contains_key(&nr),
@@ -282,8 +323,30 @@ mod tests {
             );
         }
         assert!(vcpu.contains_key(&libc::SYS_ioctl));
-        assert!(rules(ThreadKind::Api)
+        assert!(rules(ThreadKind::Api, None)
             .unwrap()
             .contains_key(&libc::SYS_ioctl));
+    }
+
+    #[test]
+    fn only_a_jailed_vcpu_may_repeat_the_uid_drop() {
+        let to = UidDrop { uid: 990, gid: 991 };
+        let ids = [
+            libc::SYS_setgroups,
+            libc::SYS_setresgid,
+            libc::SYS_setresuid,
+        ];
+        let jailed = rules(ThreadKind::Vcpu, Some(to)).unwrap();
+        assert!(ids.iter().all(|nr| jailed[nr].len() == 1));
+        for unjailed in [
+            rules(ThreadKind::Vcpu, None).unwrap(),
+            rules(ThreadKind::Vmm, None).unwrap(),
+        ] {
+            assert!(ids.iter().all(|nr| !unjailed.contains_key(nr)));
+        }
+        // The exact ids, not any: setresuid(0, 0, 0) stays forbidden.
+        let compiled = compile(ThreadKind::Vcpu, Some(to)).unwrap();
+        let loads_id = |id: u32| compiled.iter().any(|i| i.k == id);
+        assert!(loads_id(990) && loads_id(991));
     }
 }

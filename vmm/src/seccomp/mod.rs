@@ -81,14 +81,23 @@ pub struct SeccompFilters {
     api: BpfProgram,
 }
 
+/// The identity a jailed herd drops to once the VM is built. glibc makes
+/// every thread repeat a uid change (setxid broadcast), and the vCPU
+/// threads are confined before it: their filter allows exactly this change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UidDrop {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl SeccompFilters {
     /// Compiles every kind's allow-list for this host's architecture.
-    pub fn compile() -> Result<Self, SeccompError> {
+    pub fn compile(uid_drop: Option<UidDrop>) -> Result<Self, SeccompError> {
         cap_malloc_arenas();
         Ok(SeccompFilters {
-            vmm: filters::compile(ThreadKind::Vmm)?,
-            vcpu: filters::compile(ThreadKind::Vcpu)?,
-            api: filters::compile(ThreadKind::Api)?,
+            vmm: filters::compile(ThreadKind::Vmm, None)?,
+            vcpu: filters::compile(ThreadKind::Vcpu, uid_drop)?,
+            api: filters::compile(ThreadKind::Api, None)?,
         })
     }
 
@@ -242,6 +251,6 @@ mod tests {
 
     #[test]
     fn every_kind_compiles() {
-        SeccompFilters::compile().unwrap();
+        SeccompFilters::compile(None).unwrap();
     }
 }

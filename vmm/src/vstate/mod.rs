@@ -3,4 +3,5 @@
 pub mod kvm_stats;
 pub mod memory;
 pub mod vcpu;
+pub mod vcpu_thread;
 pub mod vm;

@@ -2,7 +2,6 @@
 //! exit dispatch onto the I/O buses.
 
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use devices::legacy::{BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
@@ -15,7 +14,7 @@ use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{cpuid, msr};
 use crate::control::PauseGate;
 use crate::metrics::VcpuExitCounters;
-use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::seccomp::SeccompFilters;
 use crate::vstate::kvm_stats::{ExitTally, ExitsSnapshot, KvmStats};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -57,6 +56,8 @@ pub enum VcpuError {
     Lapic { id: u8, source: kvm_ioctls::Error },
     #[error("cannot start the thread for vCPU {id}: {source}")]
     Spawn { id: u8, source: std::io::Error },
+    #[error("the thread for vCPU {id} ended before its vCPU was ready")]
+    ThreadGone { id: u8 },
 }
 
 /// KVM's supported CPUID, read once per VM and specialised per vCPU.
@@ -88,8 +89,8 @@ pub struct VcpuContext {
     pub pause: Arc<PauseGate>,
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
-    /// Installed by each vCPU thread before its first KVM_RUN; None
-    /// with --no-seccomp.
+    /// For the threads started after the vCPUs' (which got theirs when
+    /// they were spawned); None with --no-seccomp.
     pub seccomp: Option<Arc<SeccompFilters>>,
     /// Every vCPU's exit counts, and their values when the guest's init
     /// first wrote the boot timer (its first userspace instructions).
@@ -188,21 +189,9 @@ impl Vcpu {
         self.fd.set_lapic(&lapic).map_err(lapic_err)
     }
 
-    /// Runs the vCPU on a new thread until the VM stops.
-    pub fn start(self, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
-        let id = self.id;
-        std::thread::Builder::new()
-            .name(format!("herd-vcpu{id}"))
-            .spawn(move || self.run(&ctx))
-            .map_err(|source| VcpuError::Spawn { id, source })
-    }
-
-    fn run(mut self, ctx: &VcpuContext) {
-        if let Some(Err(e)) = ctx.seccomp.as_ref().map(|f| f.install(ThreadKind::Vcpu)) {
-            ctx.stop
-                .request(StopReason::KvmFailure(format!("vCPU {}: {e}", self.id)));
-            return;
-        }
+    /// Runs the vCPU on the calling thread (its `VcpuThread`, already
+    /// confined) until the VM stops.
+    pub(crate) fn run(mut self, ctx: &VcpuContext) {
         if self.id == 0 {
             ctx.first_entry.get_or_init(Instant::now);
         }
