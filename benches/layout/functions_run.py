@@ -71,6 +71,11 @@ hits = re.findall(r"Temporary breakpoint (\d+), 0x", "".join(lines))
 # The program must have run to its end (gdb itself exits 1: the spare
 # `continue`s fail once it has).
 ended = re.search(r"\[Inferior 1 \(process \d+\) exited (normally|with code \d+)\]", "".join(lines))
+# gdb sometimes loses the exit itself in a race with the exiting threads
+# (its next `continue` fails, ending the script): reaching _fini is the end.
+fini = next((a for a, n in by_address.items() if n == "_fini"), None)
+if not ended and fini is not None and str(addresses.index(fini) + 1) in hits:
+    ended = True
 if not hits or not ended:
     sys.exit(f"functions_run.py: the program did not run to its end under gdb "
              f"({len(hits)} functions seen): {' '.join(args)}")

@@ -42,6 +42,11 @@ pub enum JailError {
     UnknownUser(String),
     #[error("--jail-user {0:?}: expected a user name or UID:GID")]
     BadUser(String),
+    #[error(
+        "--jail-user {0:?}: id 4294967295 means \"leave unchanged\" to the kernel, so herd \
+         would keep root; pick another user"
+    )]
+    ReservedId(String),
     #[error("cannot look up user {name:?}: {source}")]
     UserLookup { name: String, source: nix::Error },
     #[error("{what} {path}: {source}; it cannot be bound into the jail")]

@@ -18,14 +18,20 @@ pub struct JailUser {
 impl JailUser {
     /// A user name (looked up in the user database) or `UID:GID`.
     pub fn lookup(spec: &str) -> Result<JailUser, JailError> {
+        // 4294967295 is -1 to the kernel: "leave unchanged", so a drop to
+        // it would keep root.
+        let valid = |user: JailUser| match user.uid == u32::MAX || user.gid == u32::MAX {
+            true => Err(JailError::ReservedId(spec.to_owned())),
+            false => Ok(user),
+        };
         if let Some((uid, gid)) = spec.split_once(':') {
             return match (uid.parse(), gid.parse()) {
-                (Ok(uid), Ok(gid)) => Ok(JailUser { uid, gid }),
+                (Ok(uid), Ok(gid)) => valid(JailUser { uid, gid }),
                 _ => Err(JailError::BadUser(spec.to_owned())),
             };
         }
         match User::from_name(spec) {
-            Ok(Some(user)) => Ok(JailUser {
+            Ok(Some(user)) => valid(JailUser {
                 uid: user.uid.as_raw(),
                 gid: user.gid.as_raw(),
             }),
@@ -157,6 +163,12 @@ mod tests {
             JailUser::lookup("1:x"),
             Err(JailError::BadUser(_))
         ));
+        for reserved in ["4294967295:1", "1:4294967295"] {
+            assert!(
+                matches!(JailUser::lookup(reserved), Err(JailError::ReservedId(_))),
+                "{reserved}"
+            );
+        }
         assert_eq!(
             JailUser::lookup("root").unwrap(),
             JailUser { uid: 0, gid: 0 }

@@ -139,7 +139,8 @@ impl NamedRun {
         Ok(())
     }
 
-    /// Every vCPU runs: a detached launcher may return now.
+    /// The VM is built and its vCPUs about to run (the last moment herd may
+    /// still open files): a detached launcher may return now.
     pub fn started(&mut self) {
         if let Some(ready) = self.ready.take() {
             ready.report_running(&self.dir.file(HERD_LOG));

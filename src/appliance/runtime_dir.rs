@@ -173,7 +173,7 @@ impl RuntimeDir {
 
     /// Removes what a previous, dead run left (everything but the lock).
     fn clean_stale(&self) -> Result<(), RuntimeDirError> {
-        if remove_all_but_lock(&self.path)? {
+        if remove_all_but_lock(&self.path, &self.path)? {
             log::info!(
                 "cleaned the stale runtime directory {} (its herd is gone)",
                 self.path.display()
@@ -230,9 +230,10 @@ impl RuntimeDir {
 /// Empties a runtime directory but for its lock, whose holder must be the
 /// caller; true if there was anything to remove. Never follows a symlink
 /// (the jail's user may have planted one): a link is removed, not its
-/// target.
-fn remove_all_but_lock(dir: &Path) -> Result<bool, RuntimeDirError> {
-    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
+/// target. Errors name paths under `shown` (the directory's own name when
+/// `dir` is its /proc/self/fd entry).
+fn remove_all_but_lock(dir: &Path, shown: &Path) -> Result<bool, RuntimeDirError> {
+    let entries = std::fs::read_dir(dir).map_err(io_err(shown))?;
     let mut removed_any = false;
     for entry in entries.flatten() {
         if entry.file_name() == LOCK_FILE {
@@ -246,7 +247,7 @@ fn remove_all_but_lock(dir: &Path) -> Result<bool, RuntimeDirError> {
         } else {
             std::fs::remove_file(&p)
         };
-        removed.map_err(io_err(&p))?;
+        removed.map_err(io_err(&shown.join(entry.file_name())))?;
         removed_any = true;
     }
     Ok(removed_any)
@@ -257,36 +258,56 @@ fn remove_all_but_lock(dir: &Path) -> Result<bool, RuntimeDirError> {
 /// NAME` starting at the same moment is refused rather than losing its
 /// files.
 pub fn remove(name: &str) -> Result<(), RuntimeDirError> {
+    remove_in(&base_dir(), name)
+}
+
+fn remove_in(base: &Path, name: &str) -> Result<(), RuntimeDirError> {
     validate_name(name)?;
-    let base = base_dir();
     let path = base.join(name);
     let not_found = || RuntimeDirError::NotFound {
         name: name.to_owned(),
-        dir: base.clone(),
+        dir: base.to_owned(),
     };
-    let lock_path = path.join(LOCK_FILE);
-    // O_NOFOLLOW: a planted `lock` link is refused (as `claim` refuses it),
-    // and a planted NAME link in the base directory is not an appliance.
-    let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-    let lock = OpenOptions::new()
+    // NAME itself, never a link planted in its place, opened once: every
+    // later step goes through this descriptor (its /proc/self/fd entry
+    // names this directory, whatever NAME is renamed to meanwhile).
+    let dir = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(dir) => dir,
+        // ELOOP/ENOTDIR: a link or a file, not an appliance.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
+        {
+            return Err(not_found())
+        }
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let held = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let lock_path = held.join(LOCK_FILE);
+    // O_NOFOLLOW: a planted `lock` link is refused (as `claim` refuses it).
+    let lock = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock_path);
-    let lock = match lock {
-        Ok(lock) if is_dir => lock,
-        Ok(_) => return Err(not_found()),
+        .open(&lock_path)
+    {
+        Ok(lock) => lock,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-        Err(e) => return Err(io_err(&lock_path)(e)),
+        Err(e) => return Err(io_err(&path.join(LOCK_FILE))(e)),
     };
     if !lock_exclusive(&lock) {
         return Err(RuntimeDirError::Running {
             name: name.to_owned(),
-            pid: read_pid_text(&path),
+            pid: read_pid_text(&held),
         });
     }
-    remove_all_but_lock(&path)?;
-    std::fs::remove_file(&lock_path).map_err(io_err(&lock_path))?;
+    remove_all_but_lock(&held, &path)?;
+    std::fs::remove_file(&lock_path).map_err(io_err(&path.join(LOCK_FILE)))?;
     // Not remove_dir_all: whatever appeared since was not ours to remove.
+    // rmdir of NAME refuses a link, and anything but an empty directory.
     std::fs::remove_dir(&path).map_err(io_err(&path))
 }
 
@@ -382,5 +403,56 @@ mod tests {
         for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("herd-rt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn appliance(dir: &Path) {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for file in [LOCK_FILE, CONSOLE_LOG, "sub/x"] {
+            std::fs::write(dir.join(file), b"x").unwrap();
+        }
+    }
+
+    #[test]
+    fn rm_removes_the_whole_directory() {
+        let base = scratch("rm");
+        appliance(&base.join("web"));
+        remove_in(&base, "web").unwrap();
+        assert!(!base.join("web").exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn rm_never_empties_what_a_planted_link_points_to() {
+        let base = scratch("rm-link");
+        let elsewhere = base.join("elsewhere");
+        appliance(&elsewhere);
+        std::os::unix::fs::symlink(&elsewhere, base.join("web")).unwrap();
+        assert!(matches!(
+            remove_in(&base, "web"),
+            Err(RuntimeDirError::NotFound { .. })
+        ));
+        assert!(elsewhere.join(CONSOLE_LOG).exists() && elsewhere.join("sub/x").exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn rm_refuses_a_running_appliance() {
+        let base = scratch("rm-held");
+        appliance(&base.join("web"));
+        let lock = File::open(base.join("web").join(LOCK_FILE)).unwrap();
+        assert!(try_lock(&lock, true));
+        assert!(matches!(
+            remove_in(&base, "web"),
+            Err(RuntimeDirError::Running { .. })
+        ));
+        assert!(base.join("web").join(CONSOLE_LOG).exists());
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -75,7 +75,7 @@ pub struct BootReport {
     /// Build phases in milliseconds, plus `start` (last build phase to the
     /// first guest entry) and `teardown` (stop request to vCPUs stopped).
     /// `kernel_load` runs on its own thread alongside `vm_create` ..
-    /// `seccomp`; `kernel_load_wait` is the part of it they did not hide.
+    /// `devices`; `kernel_load_wait` is the part of it they did not hide.
     pub phases_ms: BTreeMap<&'static str, f64>,
     pub exit_status: i32,
     pub stop_reason: String,

@@ -28,25 +28,41 @@ impl Drop for IoThread {
     }
 }
 
-/// Runs `subscriber` on a new thread called `name`.
-pub fn spawn(name: String, subscriber: Subscriber, filtered: bool) -> std::io::Result<IoThread> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+/// An I/O thread's event loop, made before the thread that starts it is
+/// confined (its filter has no epoll_create1).
+pub struct PendingIoThread {
+    name: String,
+    events: EventManager<Subscriber>,
+}
+
+/// The event loop for `subscriber`, to run on a thread called `name`.
+pub fn prepare(name: String, subscriber: Subscriber) -> std::io::Result<PendingIoThread> {
     let mut events: EventManager<Subscriber> =
         EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     events.add_subscriber(subscriber);
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            if filtered {
-                seccomp::note_inherited(ThreadKind::Vmm);
-            }
-            while !flag.load(Ordering::Acquire) {
-                if let Err(e) = events.run_with_timeout(STOP_POLL_MS) {
-                    log::error!("{name}: event loop failed: {e:?}; the device stops working");
-                    return;
+    Ok(PendingIoThread { name, events })
+}
+
+impl PendingIoThread {
+    /// Runs the loop on its own thread; `filtered`: the thread inherits the
+    /// caller's (vmm) seccomp filter.
+    pub fn start(self, filtered: bool) -> std::io::Result<IoThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let PendingIoThread { name, mut events } = self;
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if filtered {
+                    seccomp::note_inherited(ThreadKind::Vmm);
                 }
-            }
-        })?;
-    Ok(IoThread { stop })
+                while !flag.load(Ordering::Acquire) {
+                    if let Err(e) = events.run_with_timeout(STOP_POLL_MS) {
+                        log::error!("{name}: event loop failed: {e:?}; the device stops working");
+                        return;
+                    }
+                }
+            })?;
+        Ok(IoThread { stop })
+    }
 }

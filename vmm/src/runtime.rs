@@ -175,16 +175,21 @@ impl Vmm {
         // then finds a CPU free for whoever reads it. The console and I/O
         // threads start after this thread's filter is installed and
         // inherit it, instead of each compiling a copy of it in the kernel.
+        let io_threads = self
+            .io_subscribers
+            .drain(..)
+            .enumerate()
+            .map(|(i, device)| io_thread::prepare(format!("herd-io{i}"), device))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RunError::IoThread)?;
         started();
         if let Some(filters) = &self.context.seccomp {
             filters.install(ThreadKind::Vmm)?;
         }
         let inherit = self.context.seccomp.is_some();
-        let io_threads = self
-            .io_subscribers
-            .drain(..)
-            .enumerate()
-            .map(|(i, device)| io_thread::spawn(format!("herd-io{i}"), device, inherit))
+        let io_threads = io_threads
+            .into_iter()
+            .map(|pending| pending.start(inherit))
             .collect::<Result<Vec<_>, _>>()
             .map_err(RunError::IoThread)?;
         if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(inherit)) {

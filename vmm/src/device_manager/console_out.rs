@@ -4,13 +4,15 @@
 //! a hung filesystem) then costs the guest output, never a vCPU: when the
 //! buffer is full, further output is dropped and counted.
 //!
-//! A sink that can say when a write would block (pipes and sockets, through
-//! `pwritev2(RWF_NOWAIT)`) is written by the vCPU itself while nothing is
-//! queued: no thread wake-up and context switch per console line. The
-//! writer thread then only takes what the sink refused.
+//! Output after a quiet spell (the first byte of a burst, a prompt, an
+//! echoed key) goes to a sink that can say when a write would block (pipes
+//! and sockets, through `pwritev2(RWF_NOWAIT)`) from the vCPU itself: it
+//! reaches the reader without waiting for the writer thread to wake up.
+//! The rest of a burst is queued and written in chunks by the thread, as is
+//! whatever the sink refused.
 //!
-//! The thread is started once the vCPUs run ([`ConsoleWriter::start`]),
-//! off the boot path; until then output goes to the sink directly.
+//! The thread is started before the vCPUs run ([`ConsoleWriter::start`]);
+//! until then output goes to the sink directly.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
@@ -21,6 +23,11 @@ use crate::seccomp::{self, ThreadKind};
 
 /// Output held for a slow sink before the guest's output is dropped.
 pub const CONSOLE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// At most one write from the vCPU per this interval: the serial port
+/// hands over a byte at a time, and a system call (and a reader wake-up)
+/// per byte would cost more than the writer thread's chunks.
+const DIRECT_WRITE_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Where console output ends up.
 pub trait ConsoleSink: Write + Send {
@@ -103,6 +110,8 @@ struct State {
     sink: Option<Box<dyn ConsoleSink>>,
     /// The writer thread runs: output is no longer written directly.
     started: bool,
+    /// When the vCPU last wrote to the sink itself.
+    last_direct: Option<Instant>,
     bytes: Vec<u8>,
     /// Bytes dropped since the writer last reported it.
     dropped: u64,
@@ -128,27 +137,34 @@ pub struct ConsoleOut {
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut state = self.shared.lock();
-        let started = state.started;
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
         let idle = state.bytes.is_empty();
         let mut rest = buf;
         if let Some(sink) = state.sink.as_mut() {
-            if !started {
+            if !state.started {
                 // A closed terminal or a full disk must not stop the guest.
                 let _ = sink.write_all(buf);
                 return Ok(buf.len());
             }
             // Only with nothing queued, which would otherwise go after.
             if idle {
-                let written = sink.write_now(buf).unwrap_or(0);
-                rest = buf.get(written..).unwrap_or_default();
+                let now = Instant::now();
+                let quiet = state
+                    .last_direct
+                    .is_none_or(|t| now.duration_since(t) >= DIRECT_WRITE_INTERVAL);
+                if quiet {
+                    let written = sink.write_now(buf).unwrap_or(0);
+                    rest = buf.get(written..).unwrap_or_default();
+                    state.last_direct = Some(now);
+                }
             }
         }
         let room = CONSOLE_BUFFER_BYTES.saturating_sub(state.bytes.len());
         let take = rest.len().min(room);
         state.bytes.extend_from_slice(&rest[..take]);
         state.dropped += u64::try_from(rest.len() - take).unwrap_or(u64::MAX);
-        drop(state);
+        drop(guard);
         if idle && take > 0 {
             self.shared.changed.notify_all();
         }
@@ -205,9 +221,10 @@ pub fn new(sink: Box<dyn ConsoleSink>) -> (ConsoleOut, ConsoleWriter) {
 }
 
 impl ConsoleWriter {
-    /// Starts the writer thread; from then on output is buffered unless
-    /// the sink takes it at once. The thread takes the sink over itself, so
-    /// a caller never waits for a vCPU stuck in a direct write.
+    /// Starts the writer thread; `filtered`: it inherits the caller's (vmm)
+    /// seccomp filter. The thread marks itself started, so a caller never
+    /// waits for a vCPU stuck in a direct write; from then on output is
+    /// buffered unless it goes at once (see the module's documentation).
     pub fn start(&self, filtered: bool) -> std::io::Result<()> {
         let writer = self.shared.clone();
         std::thread::Builder::new()
@@ -271,12 +288,7 @@ mod tests {
     fn a_blocked_sink_costs_output_not_the_writer() {
         let (go, gate) = mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let (mut out, drain) = new(Box::new(Gate(gate, got.clone())));
-        drain.start(false).unwrap();
-        // The thread takes the sink over before the first write counts.
-        while !drain.shared.lock().started {
-            std::thread::yield_now();
-        }
+        let (mut out, drain) = started(Box::new(Gate(gate, got.clone())));
         let start = Instant::now();
         for _ in 0..(4 * CONSOLE_BUFFER_BYTES / 64) {
             assert_eq!(out.write(&[b'x'; 64]).unwrap(), 64);
@@ -300,12 +312,38 @@ mod tests {
         assert!(got.lock().unwrap().ends_with(b"after"));
     }
 
+    /// The serial port's end, with the writer thread already running.
+    fn started(sink: Box<dyn ConsoleSink>) -> (ConsoleOut, ConsoleWriter) {
+        let (out, drain) = new(sink);
+        drain.start(false).unwrap();
+        // The thread has started before the first write counts.
+        while !drain.shared.lock().started {
+            std::thread::yield_now();
+        }
+        (out, drain)
+    }
+
+    type Bytes = Arc<Mutex<Vec<u8>>>;
+
     /// A sink that takes at most `now` bytes at once, and the rest only
     /// through the writer thread.
     struct Partial {
         now: usize,
-        direct: Arc<Mutex<Vec<u8>>>,
-        got: Arc<Mutex<Vec<u8>>>,
+        direct: Bytes,
+        got: Bytes,
+    }
+
+    impl Partial {
+        /// The sink, what it took at once, and everything it got.
+        fn taking(now: usize) -> (Self, Bytes, Bytes) {
+            let (direct, got) = (Bytes::default(), Bytes::default());
+            let sink = Partial {
+                now,
+                direct: direct.clone(),
+                got: got.clone(),
+            };
+            (sink, direct, got)
+        }
     }
     impl ConsoleSink for Partial {
         fn write_now(&mut self, buf: &[u8]) -> Option<usize> {
@@ -327,26 +365,18 @@ mod tests {
 
     #[test]
     fn what_the_sink_takes_at_once_skips_the_thread_and_order_holds() {
-        let direct = Arc::new(Mutex::new(Vec::new()));
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = Partial {
-            now: 4,
-            direct: direct.clone(),
-            got: got.clone(),
-        };
-        let (mut out, drain) = new(Box::new(sink));
-        drain.start(false).unwrap();
-        while !drain.shared.lock().started {
-            std::thread::yield_now();
-        }
+        let (sink, direct, got) = Partial::taking(4);
+        let (mut out, drain) = started(Box::new(sink));
         out.write_all(b"abc").unwrap();
         assert!(drain.drain(Duration::from_secs(5)));
+        std::thread::sleep(DIRECT_WRITE_INTERVAL);
         out.write_all(b"defghij").unwrap();
+        // Right after a direct write: queued, whatever the sink takes.
         out.write_all(b"kl").unwrap();
         assert!(drain.drain(Duration::from_secs(5)));
         assert_eq!(got.lock().unwrap().as_slice(), b"abcdefghijkl");
-        // "abc" and "defg" went at once, "hij" through the thread; "kl"
-        // either way, depending on whether "hij" was still queued.
+        // "abc" and "defg" went at once, "hij" through the thread; "kl" too,
+        // unless this thread was held up past the interval meanwhile.
         let direct = direct.lock().unwrap().clone();
         assert!(direct == b"abcdefg" || direct == b"abcdefgkl", "{direct:?}");
     }
@@ -363,5 +393,25 @@ mod tests {
         }
         assert!(total >= 4096);
         drop(reader);
+    }
+
+    #[test]
+    fn a_burst_of_bytes_is_written_in_chunks_not_one_call_each() {
+        let (sink, direct, got) = Partial::taking(usize::MAX);
+        let (mut out, drain) = started(Box::new(sink));
+        let start = Instant::now();
+        // As the serial port hands bytes over: one call each.
+        for i in 0..5000u32 {
+            out.write_all(&[b'a' + (i % 26) as u8]).unwrap();
+        }
+        let elapsed = start.elapsed();
+        assert!(drain.drain(Duration::from_secs(5)));
+        assert_eq!(got.lock().unwrap().len(), 5000);
+        let most = elapsed.as_millis() + 1;
+        let direct = direct.lock().unwrap().len();
+        assert!(
+            u128::try_from(direct).unwrap() <= most,
+            "{direct} direct writes in {elapsed:?}"
+        );
     }
 }

@@ -68,8 +68,6 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_sendto,
-    // The I/O threads' event loops, made by this thread once filtered.
-    libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_wait,
@@ -87,8 +85,6 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_preadv,
     libc::SYS_pwrite64,
     libc::SYS_pwritev,
-    // Console output that must not block (see console_out).
-    libc::SYS_pwritev2,
     libc::SYS_read,
     libc::SYS_readv,
     libc::SYS_tgkill,
@@ -103,8 +99,6 @@ const VCPU: &[libc::c_long] = &[
     libc::SYS_ftruncate,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
-    // Console output written at once when that cannot block.
-    libc::SYS_pwritev2,
 ];
 
 /// Starting a thread: the API starts one per connection, the event loop
@@ -264,7 +258,13 @@ fn rules(
                 .collect::<Result<_, _>>()?;
             rules.insert(libc::SYS_setsockopt, timeouts);
         }
-        ThreadKind::Vcpu => {}
+        ThreadKind::Vcpu => {
+            // Console output written at once, only where that cannot block
+            // (console_out): flags (argument 5, after the split offset)
+            // exactly RWF_NOWAIT.
+            let nowait = u64::try_from(libc::RWF_NOWAIT).unwrap_or(u64::MAX);
+            rules.insert(libc::SYS_pwritev2, vec![arg_is(5, nowait)?]);
+        }
     }
     if let Some(to) = uid_drop {
         rules.extend(uid_drop_rules(to)?);
