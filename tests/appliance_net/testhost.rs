@@ -261,6 +261,17 @@ host_fetch() {
 	say "host round$1 fetch status=$?"
 	sed "s/^/net-test: host round$1 page: /" /tmp/page
 }
+# serving ADDRESS SECONDS: until ADDRESS answers HTTP. herd-init says
+# "ready" once it has started the services, not once they listen: the
+# first fetch waits for web's httpd, bounded.
+serving() {
+	_t0=$(date +%s)
+	until timeout 3 wget -q -O /dev/null "http://$1/" 2>/dev/null; do
+		[ $(($(date +%s) - _t0)) -ge "$2" ] && return 1
+		sleep 0.5
+	done
+	say "web serving $(($(date +%s) - _t0)) s after ready"
+}
 # round N: web and db ping and fetch each other by name
 round() {
 	type_in web "sh /data/net.sh db $1"
@@ -279,6 +290,7 @@ wait_for /tmp/web "herd-init: ready" 180 || say "web never got ready"
 wait_for /tmp/db "herd-init: ready" 180 || say "db never got ready"
 say "bridge appnet: $(ls /sys/class/net/appnet/brif | tr '\n' ' ')"
 
+serving 10.20.0.2 60 || say "web never served its page"
 host_fetch 1
 round 1
 
