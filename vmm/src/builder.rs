@@ -196,8 +196,7 @@ pub fn build_vm(
     Ok(Vmm {
         _vm: vm_fd,
         _guest_memory: guest_memory,
-        vcpus,
-        vcpu_threads,
+        vcpus: vcpus.into_iter().zip(vcpu_threads).collect(),
         context,
         serial: legacy.serial,
         boot_timer: legacy.boot_timer,

@@ -44,18 +44,16 @@ pub fn prepare(name: String, subscriber: Subscriber) -> std::io::Result<PendingI
 }
 
 impl PendingIoThread {
-    /// Runs the loop on its own thread; `filtered`: the thread inherits the
-    /// caller's (vmm) seccomp filter.
-    pub fn start(self, filtered: bool) -> std::io::Result<IoThread> {
+    /// Runs the loop on its own thread, under the caller's (vmm) seccomp
+    /// filter if it has one.
+    pub fn start(self) -> std::io::Result<IoThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let PendingIoThread { name, mut events } = self;
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                if filtered {
-                    seccomp::note_inherited(ThreadKind::Vmm);
-                }
+                seccomp::note_inherited(ThreadKind::Vmm);
                 while !flag.load(Ordering::Acquire) {
                     if let Err(e) = events.run_with_timeout(STOP_POLL_MS) {
                         log::error!("{name}: event loop failed: {e:?}; the device stops working");

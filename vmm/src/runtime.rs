@@ -19,7 +19,7 @@ use crate::control::VmControl;
 use crate::device_manager::console::{ConsoleHub, ConsoleSocket};
 use crate::device_manager::console_out::ConsoleWriter;
 use crate::device_manager::{SerialInput, StopListener};
-use crate::io_thread;
+use crate::io_thread::{self, PendingIoThread};
 use crate::metrics::MetricsSources;
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::signals;
@@ -67,9 +67,9 @@ pub struct Vmm {
     /// field order drops the VM before its memory.
     pub(crate) _vm: VmFd,
     pub(crate) _guest_memory: GuestMemoryMmap,
-    pub(crate) vcpus: Vec<Vcpu>,
-    /// One per vCPU, started (and confined) by the build.
-    pub(crate) vcpu_threads: Vec<VcpuThread>,
+    /// Each configured vCPU with the thread (started and confined by the
+    /// build) that will run it.
+    pub(crate) vcpus: Vec<(Vcpu, VcpuThread)>,
     pub(crate) context: VcpuContext,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) boot_timer: Arc<Mutex<Option<BootTimerReading>>>,
@@ -186,17 +186,16 @@ impl Vmm {
         if let Some(filters) = &self.context.seccomp {
             filters.install(ThreadKind::Vmm)?;
         }
-        let inherit = self.context.seccomp.is_some();
         let io_threads = io_threads
             .into_iter()
-            .map(|pending| pending.start(inherit))
+            .map(PendingIoThread::start)
             .collect::<Result<Vec<_>, _>>()
             .map_err(RunError::IoThread)?;
-        if let Some(Err(e)) = self.console_writer.as_ref().map(|w| w.start(inherit)) {
+        if let Some(Err(e)) = self.console_writer.as_ref().map(ConsoleWriter::start) {
             log::warn!("cannot start the console output thread ({e}); a blocked console can stall the guest");
         }
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        for (vcpu, thread) in self.vcpus.drain(..).zip(self.vcpu_threads.drain(..)) {
+        for (vcpu, thread) in self.vcpus.drain(..) {
             match thread.run(vcpu, self.context.clone()) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {

@@ -221,18 +221,16 @@ pub fn new(sink: Box<dyn ConsoleSink>) -> (ConsoleOut, ConsoleWriter) {
 }
 
 impl ConsoleWriter {
-    /// Starts the writer thread; `filtered`: it inherits the caller's (vmm)
-    /// seccomp filter. The thread marks itself started, so a caller never
-    /// waits for a vCPU stuck in a direct write; from then on output is
-    /// buffered unless it goes at once (see the module's documentation).
-    pub fn start(&self, filtered: bool) -> std::io::Result<()> {
+    /// Starts the writer thread, under the caller's (vmm) seccomp filter if
+    /// it has one. The thread marks itself started, so a caller never waits
+    /// for a vCPU stuck in a direct write; from then on output is buffered
+    /// unless it goes at once (see the module's documentation).
+    pub fn start(&self) -> std::io::Result<()> {
         let writer = self.shared.clone();
         std::thread::Builder::new()
             .name("herd-console".into())
             .spawn(move || {
-                if filtered {
-                    seccomp::note_inherited(ThreadKind::Vmm);
-                }
+                seccomp::note_inherited(ThreadKind::Vmm);
                 writer.lock().started = true;
                 let mut chunk = Vec::new();
                 loop {
@@ -315,7 +313,7 @@ mod tests {
     /// The serial port's end, with the writer thread already running.
     fn started(sink: Box<dyn ConsoleSink>) -> (ConsoleOut, ConsoleWriter) {
         let (out, drain) = new(sink);
-        drain.start(false).unwrap();
+        drain.start().unwrap();
         // The thread has started before the first write counts.
         while !drain.shared.lock().started {
             std::thread::yield_now();

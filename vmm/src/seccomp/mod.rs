@@ -147,8 +147,9 @@ thread_local! {
         const { Cell::new((ThreadKind::Vmm, [0; THREAD_NAME_LEN])) };
 }
 
-/// For a thread that inherited `kind`'s filter from the thread that
-/// started it: lets a violation name it and its filter correctly.
+/// For a thread that runs under the filter it inherited from the thread
+/// that started it (`kind`'s, if filters are on): lets a violation name it
+/// and its filter correctly.
 pub fn note_inherited(kind: ThreadKind) {
     remember_thread(kind);
 }

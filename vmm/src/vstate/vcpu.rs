@@ -89,8 +89,8 @@ pub struct VcpuContext {
     pub pause: Arc<PauseGate>,
     /// Set by the boot vCPU when it first enters the guest.
     pub first_entry: Arc<OnceLock<Instant>>,
-    /// For the threads started after the vCPUs' (which got theirs when
-    /// they were spawned); None with --no-seccomp.
+    /// The event loop's and the API's filters (a vCPU thread installs its
+    /// own when it is spawned); None with --no-seccomp.
     pub seccomp: Option<Arc<SeccompFilters>>,
     /// Every vCPU's exit counts, and their values when the guest's init
     /// first wrote the boot timer (its first userspace instructions).
